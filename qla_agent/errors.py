@@ -1,0 +1,21 @@
+"""The one exception hierarchy of qla-agent; every message names the offending value."""
+
+
+class QlaError(Exception):
+    """Base class of every error qla-agent raises on purpose."""
+
+
+class CheckpointError(QlaError):
+    """A model folder is missing a file or tensor, or holds something we cannot load."""
+
+
+class ContextOverflowError(QlaError):
+    """A request does not fit the session's context under its memory policy."""
+
+
+class SessionNotFoundError(QlaError):
+    """No session with the given id exists."""
+
+
+class SessionError(QlaError):
+    """A session cannot be used as asked (wrong model, corrupt file, busy)."""

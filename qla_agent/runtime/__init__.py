@@ -1,0 +1,1 @@
+"""Model definition, checkpoint loading, tokenizer and chat template, sessions and the engine."""
