@@ -1,0 +1,108 @@
+"""`qla-agent serve | chat | run | sessions`: the command line, the one place settings are built."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from qla_agent import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from qla_agent.server.run import serve
+    from qla_agent.server.settings import ServerSettings
+
+    overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields and v is not None}
+    serve(ServerSettings(**overrides))
+    return 0
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60.0) as http:
+        if args.action == "list":
+            response = http.get("/v1/sessions")
+        elif args.action == "show":
+            response = http.get(f"/v1/sessions/{args.id}")
+        elif args.action == "delete":
+            response = http.delete(f"/v1/sessions/{args.id}")
+        elif args.action == "export":
+            response = http.get(f"/v1/sessions/{args.id}/export")
+            if response.status_code == 200:
+                Path(args.file).write_bytes(response.content)
+                print(f"wrote {args.file} ({len(response.content)} bytes)")
+                return 0
+        else:
+            response = http.post("/v1/sessions/import", content=Path(args.file).read_bytes(),
+                                 headers={"Content-Type": "application/octet-stream"})
+    if response.status_code != 200:
+        print(f"error {response.status_code}: {response.text}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from qla_agent.agent_cli import DEFAULT_URL, add_agent_arguments
+
+    parser = argparse.ArgumentParser(prog="qla-agent", description="Local agent runtime for Qwen hybrid linear-attention models.")
+    parser.add_argument("--version", action="version", version=f"qla-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a model over the OpenAI chat API (env: QLA_*)")
+    serve.add_argument("--model", help="checkpoint folder or Hugging Face repo id in the local cache (default: the embedded model)")
+    serve.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
+    serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="weights dtype (default: bf16 on GPU, fp32 on CPU)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--sessions-dir", type=Path, help="where sessions persist")
+    serve.add_argument("--memory-policy", choices=["full", "bounded"], help="attention KV policy for new sessions")
+    serve.add_argument("--api-key", help="require this bearer token on every route but /health (or QLA_API_KEY)")
+    serve.set_defaults(func=_serve)
+
+    for name, help_text in (("chat", "interactive chat with tools"), ("run", "run one task and exit")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "run":
+            p.add_argument("task", help="what the agent should do")
+        add_agent_arguments(p)
+        p.set_defaults(func=_agent_command)
+
+    sessions = sub.add_parser("sessions", help="list, show, delete, export or import sessions of a running server")
+    sessions.add_argument("action", choices=["list", "show", "delete", "export", "import"])
+    sessions.add_argument("id", nargs="?", help="session id (show, delete, export)")
+    sessions.add_argument("--file", help="session file (export, import)")
+    sessions.add_argument("--url", default=DEFAULT_URL)
+    sessions.add_argument("--api-key", default=os.environ.get("QLA_API_KEY"))
+    sessions.set_defaults(func=_sessions)
+    return parser
+
+
+def _agent_command(args: argparse.Namespace) -> int:
+    from qla_agent import agent_cli
+
+    args.api_key = args.api_key or os.environ.get("QLA_API_KEY")
+    return agent_cli.run_task(args) if args.command == "run" else agent_cli.chat(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "sessions":
+        needs_id = args.action in {"show", "delete", "export"}
+        if needs_id and not args.id:
+            parser.error(f"sessions {args.action} needs a session id")
+        if args.action in {"export", "import"} and not args.file:
+            parser.error(f"sessions {args.action} needs --file")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
