@@ -1,0 +1,81 @@
+"""Public GDN kernel entry points; each dispatches to a fast backend or the torch reference.
+
+Every function takes impl="auto" | "tilelang" | "reference" (see `dispatch`); QLA_KERNEL_IMPL=reference
+forces the reference. The math, shapes and dtypes are documented in `reference` and `reference_conv`.
+Inputs are validated here (ValueError naming the argument and the expected shape) before any backend
+sees them.
+"""
+
+import torch
+
+from qla_agent.kernels import checks
+from qla_agent.kernels.dispatch import resolve
+from qla_agent.kernels.reference import gdn_gates
+
+__all__ = ["causal_conv1d", "causal_conv1d_update", "gdn_decode", "gdn_gates", "gdn_prefill"]
+
+
+def gdn_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = True,
+    cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
+    A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule over T tokens (chunked).
+
+    q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv] (raw a, b when A_log, dt_bias [Hv] are given);
+    initial_state [N,Hv,K,V] fp32 (N = B, or len(cu_seqlens) - 1 with B = 1)
+    -> o [B,T,Hv,V] in v.dtype, final_state [N,Hv,K,V] fp32 (None unless output_final_state).
+    """
+    checks.check_gdn_prefill(
+        q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
+    )
+    arguments = dict(
+        q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+        A_log=A_log, dt_bias=dt_bias,
+    )
+    return resolve("gdn_prefill", impl, arguments)(**arguments)
+
+
+def gdn_decode(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    state: torch.Tensor, slots: torch.Tensor, *, scale: float | None = None, use_qk_l2norm: bool = False,
+    A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, impl: str = "auto",
+) -> torch.Tensor:
+    """One token per sequence; the state pool is updated in place at rows `slots`.
+
+    q, k [N,Hk,K]; v [N,Hv,V]; g, beta [N,Hv]; state [S,Hv,K,V] fp32; slots [N] int32/int64, distinct
+    -> o [N,Hv,V] in v.dtype.
+    """
+    checks.check_gdn_decode(q, k, v, g, beta, state, slots, A_log=A_log, dt_bias=dt_bias)
+    arguments = dict(
+        q=q, k=k, v=v, g=g, beta=beta, state=state, slots=slots, scale=scale, use_qk_l2norm=use_qk_l2norm,
+        A_log=A_log, dt_bias=dt_bias,
+    )
+    return resolve("gdn_decode", impl, arguments)(**arguments)
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv + SiLU over T tokens.
+
+    x [B,T,C]; weight [C,W]; conv_state [N,C,W-1] (last W-1 inputs before this call, zeros if None)
+    -> y [B,T,C] in x.dtype, final_conv_state [N,C,W-1].
+    """
+    checks.check_conv(x, weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
+    arguments = dict(x=x, weight=weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
+    return resolve("causal_conv1d", impl, arguments)(**arguments)
+
+
+def causal_conv1d_update(
+    x: torch.Tensor, weight: torch.Tensor, conv_state: torch.Tensor, slots: torch.Tensor | None = None, *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """One token per sequence: x [N,C]; conv_state pool [S,C,W-1] updated in place at rows slots
+    (rows 0..N-1 if None) -> y [N,C] in x.dtype."""
+    checks.check_conv_update(x, weight, conv_state, slots)
+    arguments = dict(x=x, weight=weight, conv_state=conv_state, slots=slots)
+    return resolve("causal_conv1d_update", impl, arguments)(**arguments)
