@@ -19,3 +19,11 @@ class SessionNotFoundError(QlaError):
 
 class SessionError(QlaError):
     """A session cannot be used as asked (wrong model, corrupt file, busy)."""
+
+
+class TokenizerError(QlaError):
+    """A tokenizer folder is missing files or holds tokens we cannot use."""
+
+
+class ChatTemplateError(QlaError):
+    """A chat template is missing, does not compile, or refuses the messages (its raise_exception)."""
