@@ -103,11 +103,12 @@ def _check_gates(
         _expect_tensor("dt_bias", dt_bias, (value_heads,), "[Hv]")
 
 
-def _check_heads(key_heads: int, value_heads: int) -> None:
+def _check_heads(v: torch.Tensor, key_heads: int, symbolic: str) -> None:
+    value_heads = v.shape[-2]
     if key_heads < 1 or value_heads % key_heads != 0:
         raise ValueError(
-            f"v has Hv={value_heads} value heads, which is not a multiple of Hk={key_heads} (heads of q and k); "
-            "value head h reads key head h // (Hv // Hk)"
+            f"v must have shape {symbolic} with Hv a multiple of Hk={key_heads} (the heads of q and k), "
+            f"got {_fmt(v.shape)} (Hv={value_heads}); value head h reads key head h // (Hv // Hk)"
         )
 
 
@@ -125,7 +126,7 @@ def check_gdn_prefill(
     if tuple(v.shape[:2]) != (batch, seqlen):
         raise ValueError(f"v must have shape [B, T, Hv, V] = [{batch}, {seqlen}, Hv, V], got {_fmt(v.shape)}")
     value_heads, value_dim = v.shape[2], v.shape[3]
-    _check_heads(key_heads, value_heads)
+    _check_heads(v, key_heads, "[B, T, Hv, V]")
     _check_gates((batch, seqlen, value_heads), g, beta, A_log, dt_bias, "[B, T, Hv]")
     _expect_float_on_device("q", q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, A_log=A_log, dt_bias=dt_bias)
     offsets, num_seqs = _sequences(cu_seqlens, batch, seqlen)
@@ -164,7 +165,7 @@ def check_gdn_decode(
     if v.shape[0] != count:
         raise ValueError(f"v must have shape [N, Hv, V] = [{count}, Hv, V], got {_fmt(v.shape)}")
     value_heads, value_dim = v.shape[1], v.shape[2]
-    _check_heads(key_heads, value_heads)
+    _check_heads(v, key_heads, "[N, Hv, V]")
     _check_gates((count, value_heads), g, beta, A_log, dt_bias, "[N, Hv]")
     _expect_ndim("state", state, 4, "[S, Hv, K, V]")
     if tuple(state.shape[1:]) != (value_heads, key_dim, value_dim):

@@ -1,0 +1,103 @@
+"""Bad inputs raise ValueError naming the argument and the expected shape; dispatch picks and reports."""
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from qla_agent.kernels import dispatch
+from qla_agent.kernels import causal_conv1d, causal_conv1d_update, gdn_decode, gdn_prefill
+
+B, T, HK, HV, K, V = 1, 10, 2, 4, 8, 16
+
+
+def _prefill(**changes: object) -> dict[str, object]:
+    args: dict[str, object] = dict(
+        q=torch.randn(B, T, HK, K), k=torch.randn(B, T, HK, K), v=torch.randn(B, T, HV, V),
+        g=-torch.rand(B, T, HV), beta=torch.rand(B, T, HV),
+    )
+    args.update(changes)
+    return args
+
+
+def _decode(**changes: object) -> dict[str, object]:
+    args: dict[str, object] = dict(
+        q=torch.randn(3, HK, K), k=torch.randn(3, HK, K), v=torch.randn(3, HV, V), g=-torch.rand(3, HV),
+        beta=torch.rand(3, HV), state=torch.zeros(5, HV, K, V), slots=torch.tensor([0, 4, 2]),
+    )
+    args.update(changes)
+    return args
+
+
+BAD_CALLS: list[tuple[str, Callable[[], object], str]] = [
+    ("k_shape", lambda: gdn_prefill(**_prefill(k=torch.randn(B, T, HK, K + 1))), r"k must have shape \[B, T, Hk, K\]"),
+    ("q_ndim", lambda: gdn_prefill(**_prefill(q=torch.randn(T, HK, K))), r"q must have shape \[B, T, Hk, K\]"),
+    ("v_T", lambda: gdn_prefill(**_prefill(v=torch.randn(B, T + 1, HV, V))), r"v must have shape \[B, T, Hv, V\] = \[1, 10"),
+    ("Hv_not_multiple", lambda: gdn_prefill(**_prefill(v=torch.randn(B, T, 3, V), g=torch.zeros(B, T, 3),
+                                                       beta=torch.zeros(B, T, 3))), r"v must have shape .*multiple of Hk=2"),
+    ("g_shape", lambda: gdn_prefill(**_prefill(g=torch.zeros(B, T, HK))), r"g must have shape \[B, T, Hv\] = \[1, 10, 4\]"),
+    ("beta_shape", lambda: gdn_prefill(**_prefill(beta=torch.zeros(B, T))), r"beta must have shape \[B, T, Hv\]"),
+    ("initial_state", lambda: gdn_prefill(**_prefill(initial_state=torch.zeros(B, HV, V, K))),
+     r"initial_state must have shape \[N, Hv, K, V\] = \[1, 4, 8, 16\]"),
+    ("initial_state_varlen", lambda: gdn_prefill(**_prefill(initial_state=torch.zeros(1, HV, K, V)),
+                                                 cu_seqlens=torch.tensor([0, 4, 10])),
+     r"initial_state must have shape \[N, Hv, K, V\] = \[2, 4, 8, 16\]"),
+    ("cu_not_increasing", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0, 6, 6, 10])),
+     r"cu_seqlens must be strictly increasing"),
+    ("cu_not_from_zero", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([1, 10])), r"cu_seqlens must start at 0"),
+    ("cu_not_to_T", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0, 9])), r"cu_seqlens must end at T=10"),
+    ("cu_float", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0.0, 10.0])), r"cu_seqlens must be an integer"),
+    ("cu_with_B2", lambda: gdn_prefill(**_prefill(**{n: x.expand(2, *x.shape[1:]) for n, x in _prefill().items()}),
+                                       cu_seqlens=torch.tensor([0, 10])), r"batch size B must be 1"),
+    ("A_log_alone", lambda: gdn_prefill(**_prefill(), A_log=torch.zeros(HV)), r"A_log and dt_bias"),
+    ("dt_bias_shape", lambda: gdn_prefill(**_prefill(), A_log=torch.zeros(HV), dt_bias=torch.zeros(HK)),
+     r"dt_bias must have shape \[Hv\] = \[4\]"),
+    ("int_v", lambda: gdn_prefill(**_prefill(v=torch.zeros(B, T, HV, V, dtype=torch.int64))), r"v must be a floating"),
+    ("decode_state", lambda: gdn_decode(**_decode(state=torch.zeros(5, HV, V, K))),
+     r"state must have shape \[S, Hv, K, V\] = \[S, 4, 8, 16\]"),
+    ("decode_v", lambda: gdn_decode(**_decode(v=torch.zeros(2, HV, V))), r"v must have shape \[N, Hv, V\] = \[3, Hv, V\]"),
+    ("decode_slots_len", lambda: gdn_decode(**_decode(slots=torch.tensor([0, 1]))), r"slots must have shape \[N\] = \[3\]"),
+    ("decode_slots_range", lambda: gdn_decode(**_decode(slots=torch.tensor([0, 5, 1]))), r"slots must index rows .*\[0, 5\)"),
+    ("decode_slots_repeat", lambda: gdn_decode(**_decode(slots=torch.tensor([1, 1, 2]))), r"slots must be distinct"),
+    ("conv_weight", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 1, 4)), r"weight must have shape \[C, W\]"),
+    ("conv_state", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), conv_state=torch.zeros(1, 6, 4)),
+     r"conv_state must have shape \[N, C, W-1\] = \[1, 6, 3\]"),
+    ("conv_cu", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), cu_seqlens=torch.tensor([0, 3, 2, 5])),
+     r"cu_seqlens must be strictly increasing"),
+    ("conv_update_state", lambda: causal_conv1d_update(torch.zeros(2, 6), torch.zeros(6, 4), torch.zeros(4, 6, 4)),
+     r"conv_state must have shape \[S, C, W-1\] = \[S, 6, 3\]"),
+    ("conv_update_pool_small", lambda: causal_conv1d_update(torch.zeros(3, 6), torch.zeros(6, 4), torch.zeros(2, 6, 3)),
+     r"conv_state pool has 2 rows"),
+]
+
+
+@pytest.mark.parametrize("call,match", [(c, m) for _, c, m in BAD_CALLS], ids=[name for name, _, _ in BAD_CALLS])
+def test_bad_inputs_raise_value_error(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_impl_argument_and_environment(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    args = _prefill()
+    ref_o, ref_s = gdn_prefill(**args, impl="reference")
+    monkeypatch.setattr(dispatch, "_logged", set())
+    with caplog.at_level(logging.DEBUG, logger="qla_agent.kernels.dispatch"):
+        out_o, out_s = gdn_prefill(**args, impl="auto")
+        gdn_prefill(**args, impl="auto")
+    assert torch.equal(ref_o, out_o) and torch.equal(ref_s, out_s)
+    fallbacks = [r.getMessage() for r in caplog.records if "torch reference" in r.getMessage()]
+    assert fallbacks == ["gdn_prefill: using the torch reference (inputs are on cpu, tilelang kernels need CUDA)"]
+    with pytest.raises(ValueError, match=r"impl='tilelang' cannot run gdn_prefill: inputs are on cpu"):
+        gdn_prefill(**args, impl="tilelang")
+    with pytest.raises(ValueError, match=r"impl must be one of"):
+        gdn_prefill(**args, impl="triton")
+    monkeypatch.setenv("QLA_KERNEL_IMPL", "reference")
+    out_o, _ = gdn_prefill(**args, impl="tilelang")
+    assert torch.equal(ref_o, out_o)
+    monkeypatch.setenv("QLA_KERNEL_IMPL", "tilelang")
+    with pytest.raises(ValueError, match=r"impl='tilelang' cannot run"):
+        gdn_prefill(**args)
+    monkeypatch.setenv("QLA_KERNEL_IMPL", "fast")
+    with pytest.raises(ValueError, match=r"QLA_KERNEL_IMPL must be one of"):
+        gdn_prefill(**args)
