@@ -1,0 +1,35 @@
+"""Read a JSON request body ourselves: any Content-Type, clear 400s for bad JSON, schema errors as 422."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from qla_agent.server.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_model(request: Request, model: type[M], *, allow_empty: bool = False) -> M:
+    """Parse and validate the body as `model`; an empty body is `{}` when `allow_empty`."""
+    raw = await request.body()
+    if not raw.strip():
+        if not allow_empty:
+            raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
+        raw = b"{}"
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the request body is not UTF-8 ({e.reason} at byte {e.start})",
+                       code="invalid_json") from e
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"could not parse the JSON body: {e.msg} at line {e.lineno} column {e.colno}",
+                       code="invalid_json") from e
+    except RecursionError as e:
+        raise ApiError(400, "the JSON body nests too deeply", code="invalid_json") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
+    return model.model_validate(data)

@@ -1,0 +1,216 @@
+"""Wire schemas → engine records: every check that needs more than the schema happens here.
+
+tool_choice is enforced like this:
+- `auto`: the tools go into the prompt and the completion is parsed for tool calls.
+- `none`: the tools stay in the prompt (so a session's prefix does not change between turns) but
+  `<tool_call>` is a stop string, so the model cannot start a call; the text is returned as content.
+- `required` / a named function: validated (the tools exist, the name is one of them); the tool list
+  goes into the prompt as for `auto`, and the parsed calls are filtered to the named function. The
+  engine has no assistant prefill yet, so a model that answers in prose is not forced into a call.
+`parallel_tool_calls=false` keeps only the first call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from qla_agent.runtime.requests import ChatRequest, SamplingParams
+from qla_agent.server.errors import ApiError
+from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
+from qla_agent.server.settings import ServerSettings
+
+TOOL_CALL_OPEN = "<tool_call>"
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
+    "tokenize", "return_dict", "chat_template", "bos_token", "eos_token",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """How this request treats tool calls in the completion."""
+
+    mode: Literal["none", "auto", "required", "named"]
+    name: str | None = None
+    parallel: bool = True
+
+    @property
+    def parse(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPlan:
+    """One validated chat completion: the engine request plus how to shape the answer."""
+
+    request: ChatRequest
+    model: str
+    stream: bool
+    include_usage: bool
+    tools: ToolPolicy
+
+
+def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id: str,
+              served_names: tuple[str, ...], header_session_id: str | None) -> ChatPlan:
+    """Check a chat request against the server's limits and build the engine's ChatRequest."""
+    _refuse_unsupported(body)
+    model = _check_model(body.model, model_id, served_names)
+    tools_policy = _tool_policy(body)
+    stops = _stops(body, tools_policy)
+    sampling = SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        seed=body.seed,
+        max_tokens=_max_tokens(body, settings),
+        stop=stops,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+    )
+    request = ChatRequest(
+        messages=[message_dict(m, i) for i, m in enumerate(body.messages)],
+        tools=[tool_dict(t) for t in body.tools] if body.tools else None,
+        sampling=sampling,
+        session_id=_session_id(body.session_id, header_session_id),
+        template_kwargs=template_kwargs(body.chat_template_kwargs, body.enable_thinking,
+                                        body.reasoning_effort),
+    )
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return ChatPlan(request=request, model=model, stream=bool(body.stream),
+                    include_usage=include_usage, tools=tools_policy)
+
+
+def message_dict(message: Message, index: int) -> dict[str, Any]:
+    """One wire message as the plain dict the chat template reads (arguments as a mapping)."""
+    out: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
+    text = message.text()
+    out["content"] = "" if text is None else text
+    if message.name is not None:
+        out["name"] = message.name
+    reasoning = message.reasoning_content if message.reasoning_content is not None else message.reasoning
+    if message.role == "assistant" and reasoning is not None:
+        out["reasoning_content"] = reasoning
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name,
+                          "arguments": _arguments(call.function.arguments, f"messages[{index}].tool_calls[{j}]")}}
+            for j, call in enumerate(message.tool_calls)
+        ]
+    return out
+
+
+def tool_dict(tool: Tool) -> dict[str, Any]:
+    """A tool definition in OpenAI's dict shape, which the chat templates render."""
+    return tool.model_dump(exclude_none=True)
+
+
+def template_kwargs(kwargs: dict[str, Any] | None, enable_thinking: bool | None,
+                    reasoning_effort: str | None) -> dict[str, Any]:
+    """Merge chat_template_kwargs with the thinking switches (`enable_thinking` wins)."""
+    out = dict(kwargs or {})
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & set(out))
+    if reserved:
+        raise ApiError(400, f"chat_template_kwargs may not set {reserved}: the server sets them",
+                       param="chat_template_kwargs")
+    if reasoning_effort is not None and "enable_thinking" not in out:
+        out["enable_thinking"] = reasoning_effort not in ("none", "minimal")
+    if enable_thinking is not None:
+        out["enable_thinking"] = enable_thinking
+    return out
+
+
+def _arguments(raw: str | dict[str, Any], where: str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"{where}.function.arguments is not valid JSON ({e.msg} at {e.pos}): {raw[:80]!r}",
+                       param=f"{where}.function.arguments") from e
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{where}.function.arguments must encode a JSON object, got {type(value).__name__}",
+                       param=f"{where}.function.arguments")
+    return value
+
+
+def _refuse_unsupported(body: ChatCompletionRequest) -> None:
+    if body.n not in (None, 1):
+        _unsupported("n", f"n={body.n}: this server returns one choice per request; send {body.n} "
+                     "requests (with different seeds) instead")
+    if body.logprobs or body.top_logprobs:
+        _unsupported("logprobs", "logprobs are not supported by this server")
+    if body.logit_bias:
+        _unsupported("logit_bias", "logit_bias is not supported by this server")
+    if body.response_format is not None and body.response_format.type != "text":
+        _unsupported("response_format", f"response_format {body.response_format.type!r} is not "
+                     "supported; ask for JSON in the prompt or use a tool with a JSON schema")
+    if body.functions is not None or body.function_call is not None:
+        _unsupported("functions", "the legacy `functions` / `function_call` fields are not supported; "
+                     "use `tools` / `tool_choice`")
+    for name in ("audio", "prediction", "web_search_options"):
+        if getattr(body, name) is not None:
+            _unsupported(name, f"{name} is not supported by this server")
+    if body.modalities is not None and set(body.modalities) - {"text"}:
+        _unsupported("modalities", f"modalities {body.modalities} are not supported; this model outputs text")
+
+
+def _unsupported(param: str, message: str) -> None:
+    raise ApiError(400, message, param=param, code="unsupported_parameter")
+
+
+def _check_model(requested: str | None, model_id: str, served_names: tuple[str, ...]) -> str:
+    if requested is None or requested == model_id or requested in served_names:
+        return model_id
+    raise ApiError(404, f"model {requested!r} is not served here; GET /v1/models lists {model_id!r}",
+                   param="model", code="model_not_found")
+
+
+def _tool_policy(body: ChatCompletionRequest) -> ToolPolicy:
+    names = [t.function.name for t in body.tools or []]
+    if len(set(names)) != len(names):
+        raise ApiError(400, f"tools define the same function name twice: {names}", param="tools")
+    parallel = body.parallel_tool_calls is not False
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise ApiError(400, f"tool_choice names function {choice.function.name!r}, which is not "
+                           f"among the tools {names}", param="tool_choice")
+        return ToolPolicy("named", choice.function.name, parallel)
+    if choice == "required" and not names:
+        raise ApiError(400, "tool_choice 'required' needs at least one tool in `tools`", param="tool_choice")
+    if choice == "none" or not names:
+        return ToolPolicy("none", None, parallel)
+    return ToolPolicy(choice or "auto", None, parallel)
+
+
+def _stops(body: ChatCompletionRequest, policy: ToolPolicy) -> tuple[str, ...]:
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if policy.mode == "none" and body.tools:
+        stops.append(TOOL_CALL_OPEN)
+    return tuple(stops)
+
+
+def _max_tokens(body: ChatCompletionRequest, settings: ServerSettings) -> int:
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is None:
+        return settings.default_max_tokens
+    if asked > settings.max_tokens:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{field}={asked} exceeds this server's limit of {settings.max_tokens}; "
+                       "ask for fewer or start the server with a larger --max-tokens", param=field)
+    return asked
+
+
+def _session_id(body_id: str | None, header_id: str | None) -> str | None:
+    if header_id is not None and body_id is not None and header_id != body_id:
+        raise ApiError(400, f"session_id {body_id!r} in the body and X-Session-Id {header_id!r} "
+                       "differ; send one of them", param="session_id")
+    return body_id if body_id is not None else header_id

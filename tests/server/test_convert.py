@@ -1,0 +1,134 @@
+"""Wire request → engine ChatRequest: sampling, messages, tool policy and the refusals."""
+
+import pytest
+from pydantic import ValidationError
+
+from qla_agent.server.convert import plan_chat
+from qla_agent.server.errors import ApiError, as_api_error
+from qla_agent.server.schemas import ChatCompletionRequest
+from qla_agent.server.settings import ServerSettings
+
+SETTINGS = ServerSettings(max_tokens=1000, default_max_tokens=64)
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+TIME = {"type": "function", "function": {"name": "get_time"}}
+
+
+def plan(header_session_id=None, **body):
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    request = ChatCompletionRequest.model_validate(body)
+    return plan_chat(request, settings=SETTINGS, model_id="tiny", served_names=("alias",),
+                     header_session_id=header_session_id)
+
+
+def api_error(**body) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        plan(**body)
+    return info.value
+
+
+def test_sampling_and_defaults():
+    out = plan(temperature=0, top_p=0.5, top_k=-1, min_p=0.1, seed=7, stop="END", max_tokens=5,
+               presence_penalty=0.5, repetition_penalty=1.1, stop_token_ids=[3])
+    s = out.request.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.seed) == (0, 0.5, 0, 0.1, 7)
+    assert (s.stop, s.stop_token_ids, s.max_tokens) == (("END",), (3,), 5)
+    assert (s.presence_penalty, s.repetition_penalty) == (0.5, 1.1)
+    assert plan().request.sampling.max_tokens == SETTINGS.default_max_tokens
+    assert plan(max_tokens=9, max_completion_tokens=4).request.sampling.max_tokens == 4
+
+
+def test_messages_become_template_dicts():
+    out = plan(messages=[
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": None, "refusal": None, "annotations": [],
+         "reasoning_content": "hmm",
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ], tools=[WEATHER])
+    ref = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "a\nb"},
+        {"role": "assistant", "content": "", "reasoning_content": "hmm",
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+    ]
+    assert out.request.messages == ref
+    assert out.request.tools == [WEATHER]
+
+
+def test_thinking_switches_reach_the_template():
+    assert plan(enable_thinking=False).request.template_kwargs == {"enable_thinking": False}
+    assert plan(reasoning_effort="none").request.template_kwargs == {"enable_thinking": False}
+    kwargs = plan(chat_template_kwargs={"enable_thinking": True, "preserve_thinking": True},
+                  reasoning_effort="none").request.template_kwargs
+    assert kwargs == {"enable_thinking": True, "preserve_thinking": True}
+    assert "may not set ['add_generation_prompt']" in api_error(
+        chat_template_kwargs={"add_generation_prompt": False}).message
+
+
+def test_tool_policy():
+    assert plan(tools=[WEATHER]).tools.mode == "auto"
+    assert plan().tools.mode == "none"
+    named = plan(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}},
+                 parallel_tool_calls=False).tools
+    assert (named.mode, named.name, named.parallel) == ("named", "get_time", False)
+    none = plan(tools=[WEATHER], tool_choice="none", stop=["x"])
+    assert none.tools.mode == "none"
+    assert none.request.sampling.stop == ("x", "<tool_call>")
+    assert none.request.tools == [WEATHER]
+    assert api_error(tool_choice="required").param == "tool_choice"
+    assert "not among the tools" in api_error(
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}).message
+    assert "same function name twice" in api_error(tools=[WEATHER, WEATHER]).message
+
+
+def test_session_id_from_body_or_header():
+    assert plan(session_id="s1").request.session_id == "s1"
+    assert plan(header_session_id="s2").request.session_id == "s2"
+    assert plan(header_session_id="s2", session_id="s2").request.session_id == "s2"
+    with pytest.raises(ApiError, match="differ"):
+        plan(header_session_id="s2", session_id="s1")
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "gpt-4o"}, 404, "model"),
+    ({"max_tokens": 1001}, 400, "max_tokens"),
+    ({"n": 2}, 400, "n"),
+    ({"logprobs": True}, 400, "logprobs"),
+    ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"functions": [{"name": "f"}]}, 400, "functions"),
+    ({"messages": [{"role": "assistant", "content": "",
+                    "tool_calls": [{"id": "c", "type": "function",
+                                    "function": {"name": "f", "arguments": "{oops"}}]}]},
+     400, "messages[0].tool_calls[0].function.arguments"),
+])
+def test_refusals_name_the_parameter(body, status, param):
+    err = api_error(**body)
+    assert (err.status, err.param) == (status, param)
+
+
+def test_model_aliases_are_accepted():
+    assert plan(model="alias").model == "tiny"
+    assert plan(model="tiny").model == "tiny"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "x"}], "bogus": 1}, "bogus"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": "x"}], "session_id": "../etc/passwd"}, "session_id"),
+])
+def test_schema_errors_are_422_naming_the_field(body, param):
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(body)
+    err = as_api_error(info.value)
+    assert (err.status, err.param) == (422, param)
