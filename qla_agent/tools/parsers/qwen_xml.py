@@ -18,7 +18,7 @@ Rules (each pinned by tests/data/tool_calls):
   and unknown parameters stream as they arrive, typed ones are emitted when complete.
 - `</function>` ends the call; `</tool_call>` is optional and also ends a call missing `</function>`.
 - `<function=` whose name runs into a newline or `<`, or never closes before the end, is not a
-  call: the text goes to content. Text between parameters is ignored.
+  call: the text goes to content. Text before the first `<parameter=` is ignored.
 - Output that ends inside the call yields the call with the parameters read so far and an error.
 """
 

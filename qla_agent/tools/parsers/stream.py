@@ -121,6 +121,10 @@ class StreamParser:
             self._emit_content(self._take(len(self._buf) - keep), out)
             return False
         i, marker = hit
+        if marker == THINK_OPEN and self._buf[:i].strip():
+            # <think> after content is literal text.
+            self._emit_content(self._take(i + len(marker)), out)
+            return True
         self._emit_content(self._take(i), out)
         self._take(len(marker))
         if marker == FENCE:
