@@ -27,3 +27,11 @@ class TokenizerError(QlaError):
 
 class ChatTemplateError(QlaError):
     """A chat template is missing, does not compile, or refuses the messages (its raise_exception)."""
+
+
+class ToolError(QlaError):
+    """A tool refused its arguments or failed; the message goes back to the model as the tool result."""
+
+
+class WorkspaceError(ToolError):
+    """A path would leave the tool workspace (absolute, `..`, symlink) or break its size limits."""
