@@ -29,6 +29,10 @@ class ChatTemplateError(QlaError):
     """A chat template is missing, does not compile, or refuses the messages (its raise_exception)."""
 
 
+class RequestError(QlaError):
+    """A request's parameters are out of range or contradict each other."""
+
+
 class ToolError(QlaError):
     """A tool refused its arguments or failed; the message goes back to the model as the tool result."""
 

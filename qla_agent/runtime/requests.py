@@ -1,6 +1,7 @@
 """What the engine takes and gives back: the boundary between the engine and its callers.
 
 The server converts wire schemas into these records at the edge; the engine never sees pydantic.
+Every record checks its own values on construction and raises `RequestError` naming the bad field.
 """
 
 from __future__ import annotations
@@ -8,12 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qla_agent.errors import RequestError
+from qla_agent.runtime.state import MemoryPolicy
+
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to pick each next token; temperature 0 means greedy."""
+    """How to pick each next token; temperature 0 means greedy.
+
+    Penalties follow OpenAI/vLLM: presence and frequency penalties count the completion's tokens,
+    the repetition penalty (HF style: divide positive logits, multiply negative ones) every token of
+    the prompt and the completion. `logit_bias` maps token id -> value added to its logit before
+    anything else (-100 bans a token, +100 all but forces it). `seed` makes the request reproducible
+    on its own; without it the session's RNG stream is used (and persisted with the session).
+    `stop` strings are never part of the returned text; `stop_token_ids` add to the tokenizer's eos.
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -26,15 +38,39 @@ class SamplingParams:
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("temperature", self.temperature >= 0.0, ">= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0.0, "> 0 (1 disables it)"),
+            ("max_tokens", self.max_tokens >= 1, ">= 1"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise RequestError(f"sampling {name}={getattr(self, name)!r} must be {rule}")
+        if any(not s for s in self.stop):
+            raise RequestError(f"stop strings must be non-empty, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One chat turn: the messages (OpenAI shape, plain dicts), tools and template options.
 
-    With `session_id` the messages may be only the new ones: the engine appends them to the
-    session's history. Without it the engine still reuses any session whose history prefixes
-    the rendered prompt, and creates a new session otherwise.
+    With `session_id` the messages are appended to the session's stored messages, after keeping only
+    the first `keep_messages` of them when that is set (0: `messages` is the whole conversation;
+    len-1 with no new messages: regenerate the last answer; len-2 plus an edited user message: edit
+    the last turn). `tools=None` then keeps the session's tools and `template_kwargs` update its own.
+    Without `session_id` the messages are the whole conversation: the engine reuses any session whose
+    checkpoints prefix the rendered prompt, and creates a new session otherwise (with `policy`, or
+    the engine's default policy). `Finished.session_id` names the session either way.
     """
 
     messages: list[dict[str, Any]]
@@ -42,6 +78,14 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     session_id: str | None = None
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    keep_messages: int | None = None
+    policy: MemoryPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep_messages is not None and self.keep_messages < 0:
+            raise RequestError(f"keep_messages={self.keep_messages} must be >= 0")
+        if self.keep_messages is not None and self.session_id is None:
+            raise RequestError("keep_messages needs a session_id: it trims that session's stored messages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +110,17 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """Last event of a request: why it stopped, its usage, and the session it ran in."""
+    """Last event of a request: why it stopped, its usage, and the session it ran in.
+
+    `text` is the whole raw completion (what the deltas joined to, stop string excluded);
+    `token_ids` the sampled tokens (a stop token included when one ended the request).
+    """
 
     finish_reason: FinishReason
     usage: Usage
     session_id: str
     text: str
+    token_ids: tuple[int, ...] = ()
 
 
 Event = TextDelta | Finished
