@@ -1,4 +1,9 @@
-"""A checkpoint's Jinja chat template, rendered the way transformers' `apply_chat_template` renders it."""
+"""A checkpoint's Jinja chat template, rendered the way transformers' `apply_chat_template` renders it.
+
+Reproduces transformers 5.23 (`utils/chat_template_utils.py`): the sandboxed environment and its globals
+and filters, template selection, message preparation and `continue_final_message`. Not reproduced:
+Python functions as tools (pass JSON schemas), `sanitize_control_tokens` and assistant-token masks.
+"""
 
 import dataclasses
 import json
@@ -194,6 +199,7 @@ def _load_templates(path: Path, tokenizer_config: Mapping[str, Any]) -> dict[str
     if configured is None:
         # Processor-level file of older multimodal checkpoints.
         configured = read_json(path / "chat_template.json").get("chat_template")
+        logger.debug("%s: chat template from chat_template.json: %s", path, configured is not None)
     if isinstance(configured, str):
         return {"default": configured}
     if isinstance(configured, list):
