@@ -283,3 +283,19 @@ def test_tool_format_none_without_tool_calls():
     plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     assert detect_tool_format(plain) is None
     assert ChatTemplate(plain).tool_format is None
+
+
+def test_template_string_in_tokenizer_config(tmp_path):
+    write_tokenizer_files(tmp_path, "qwen3_next")
+    source = (tmp_path / "chat_template.jinja").read_text()
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": source}))
+    messages = CONVERSATIONS["tool_call_int_arg"]
+    ref = _reference(tmp_path).apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert ChatTemplate.from_dir(tmp_path).render(messages, TOOLS) == ref
+
+
+def test_processor_chat_template_json_fallback(tmp_path):
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "{{ messages[0].content }}!"}))
+    assert ChatTemplate.from_dir(tmp_path).render([{"role": "user", "content": "hi"}]) == "hi!"
