@@ -46,6 +46,11 @@ def _expect_tensor(name: str, tensor: torch.Tensor, expected: tuple[int, ...], s
     _expect(name, tensor, expected, symbolic)
 
 
+def _expect_tokens(name: str, tensor: torch.Tensor, batch: int, seqlen: int, symbolic: str) -> None:
+    if batch < 1 or seqlen < 1:
+        raise ValueError(f"{name} must have shape {symbolic} with B >= 1 and T >= 1, got {_fmt(tensor.shape)}")
+
+
 def _expect_same_device(ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
     for name, tensor in tensors.items():
         if tensor is not None and tensor.device != ref.device:
@@ -120,6 +125,7 @@ def check_gdn_prefill(
     """Validate gdn_prefill inputs; return the sizes and the host copy of cu_seqlens (or None)."""
     _expect_ndim("q", q, 4, "[B, T, Hk, K]")
     batch, seqlen, key_heads, key_dim = q.shape
+    _expect_tokens("q", q, batch, seqlen, "[B, T, Hk, K]")
     _expect_ndim("k", k, 4, "[B, T, Hk, K]")
     _expect("k", k, tuple(q.shape), "[B, T, Hk, K] (same as q)")
     _expect_ndim("v", v, 4, "[B, T, Hv, V]")
@@ -184,6 +190,7 @@ def check_conv(
     """Validate causal_conv1d inputs: x [B, T, C], weight [C, W], conv_state [N, C, W-1]; return cu_seqlens."""
     _expect_ndim("x", x, 3, "[B, T, C]")
     batch, seqlen, channels = x.shape
+    _expect_tokens("x", x, batch, seqlen, "[B, T, C]")
     _expect_ndim("weight", weight, 2, "[C, W]")
     if weight.shape[0] != channels or weight.shape[1] < 2:
         raise ValueError(

@@ -25,7 +25,7 @@ def gdn_inputs(
     shape: GdnShape, *, dtype: torch.dtype = torch.float64, seed: int = 0, with_state: bool = True,
     num_states: int | None = None, strong_decay: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """q, k, v, g, beta (and initial_state [num_states or B, Hv, K, V]) with unit-norm keys and g < 0.
+    """q, k, v, g, beta (and initial_state [num_states or B, Hv, K, V]) with unit-norm keys and g < 0 (fp64 draws).
 
     Unit-norm k keeps beta * |k|^2 <= 1, so the recurrence stays bounded over long T. strong_decay draws
     g down to -30 so in-chunk cumulative gates underflow exp() (the kernels must not produce NaN).
@@ -38,12 +38,16 @@ def gdn_inputs(
 
     k = randn(s.B, s.T, s.Hk, s.K)
     k = k / k.norm(dim=-1, keepdim=True)
-    low = 30.0 if strong_decay else 1.0
+    # Per-head decay rates from 0.01 to 0.3 per token: weak enough that state carried across chunk
+    # boundaries and from initial_state visibly matters (a mistake there must fail the tests).
+    rate = torch.logspace(-2, -0.5, s.Hv, dtype=torch.float64)
+    if strong_decay:
+        rate = torch.full((s.Hv,), 30.0, dtype=torch.float64)
     inputs = {
         "q": randn(s.B, s.T, s.Hk, s.K),
         "k": k,
         "v": randn(s.B, s.T, s.Hv, s.V),
-        "g": -low * torch.rand(s.B, s.T, s.Hv, generator=gen, dtype=torch.float64),
+        "g": -rate * torch.rand(s.B, s.T, s.Hv, generator=gen, dtype=torch.float64),
         "beta": torch.rand(s.B, s.T, s.Hv, generator=gen, dtype=torch.float64),
     }
     if with_state:

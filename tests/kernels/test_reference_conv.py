@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
 
 from qla_agent.kernels import causal_conv1d, causal_conv1d_update
 
@@ -85,3 +86,18 @@ def test_conv_dtypes() -> None:
     y = causal_conv1d_update(x16[:, 0], w16, pool)
     assert y.dtype == torch.bfloat16 and pool.dtype == torch.float32
     assert torch.equal(pool[0, :, -1], x16[0, 0].float())
+
+
+def test_conv_matches_transformers_qwen3_5() -> None:
+    x, weight = _data(2, 9, 12, 4, seed=5)
+    x, weight = x.float(), weight.float()
+    ref_y = hf.causal_conv1d_fn(x.transpose(1, 2), weight, activation="silu").transpose(1, 2)
+    out_y, out_state = causal_conv1d(x[:, :8], weight)
+    assert torch.allclose(ref_y[:, :8], out_y, rtol=1e-5, atol=1e-6)
+    # transformers' update takes the token as [N, C, 1] and shifts a state of any width in place.
+    hf_state = out_state.clone()
+    ref_last = hf.causal_conv1d_update(x[:, 8:9].transpose(1, 2), hf_state, weight, activation="silu")[:, :, 0]
+    out_last = causal_conv1d_update(x[:, 8], weight, out_state)
+    assert torch.allclose(ref_y[:, 8], out_last, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ref_last, out_last, rtol=1e-5, atol=1e-6)
+    assert torch.equal(hf_state, out_state)
