@@ -127,6 +127,7 @@ class Engine:
         self.model = model
         self.model_id: str = settings.model_id or _default_model_id(model)
         self.context_length: int = settings.context_length or model.config.max_position_embeddings
+        self.template = template
         self.tool_format = template.tool_format
         self.fingerprint = model_fingerprint(model)
         store = SessionStore(settings.sessions_dir, fingerprint=self.fingerprint) if settings.sessions_dir else None
