@@ -18,8 +18,11 @@ class Workspace:
 
     def __init__(self, root: str | Path, *, create: bool = True):
         root = Path(root).expanduser()
-        if create:
-            root.mkdir(parents=True, exist_ok=True)
+        if create and not root.exists():
+            try:
+                root.mkdir(parents=True)
+            except OSError as e:
+                raise WorkspaceError(f"cannot create workspace {str(root)!r}: {e.strerror or e}") from e
         if not root.is_dir():
             raise WorkspaceError(f"workspace {str(root)!r} is not a directory; create it or pick another")
         self.root = root.resolve()
