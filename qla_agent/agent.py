@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from qla_agent.errors import QlaError
+from qla_agent.tools.registry import ToolRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def _error_message(response: httpx.Response) -> str:
 class Agent:
     """Runs turns: sends new messages, executes the tool calls it gets back, repeats until an answer."""
 
-    def __init__(self, client: ChatClient, tools: Any, transcript_path: Path, *, max_steps: int = 16,
+    def __init__(self, client: ChatClient, tools: ToolRegistry, transcript_path: Path, *, max_steps: int = 16,
                  system_prompt: str | None = None, request_options: dict[str, Any] | None = None) -> None:
         self.client = client
         self.tools = tools
@@ -245,7 +246,7 @@ class Agent:
         for call in calls:
             on_event(AgentEvent("tool_call", call.arguments, call.name))
         with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-            results = list(pool.map(lambda c: self.tools.call(c.name, c.arguments), calls))
+            results = list(pool.map(lambda c: self.tools.call(c.name, c.arguments, call_id=c.id).content, calls))
         messages = []
         for call, result in zip(calls, results):
             on_event(AgentEvent("tool_result", result, call.name))

@@ -65,11 +65,11 @@ def _healthy(url: str) -> bool:
 
 
 def build_agent(args: argparse.Namespace, console: Console) -> Agent:
-    from qla_agent.tools import build_registry
+    from qla_agent.tools.settings import ToolSettings, build_registry
 
     ensure_server(args.url, args.api_key, console, start=not args.no_start_server)
-    tools = build_registry(args.workspace, enable_commands=args.enable_commands,
-                           enable_network=args.enable_network, modules=args.tools_module)
+    tools = build_registry(ToolSettings(workspace=args.workspace, allow_commands=args.enable_commands,
+                                        allow_fetch=args.enable_network, modules=tuple(args.tools_module)))
     session_file = args.session_file or args.workspace / ".qla-agent" / "session.json"
     options = {"chat_template_kwargs": {"enable_thinking": False}} if args.no_thinking else {}
     return Agent(ChatClient(args.url, api_key=args.api_key), tools, session_file,
