@@ -106,12 +106,13 @@ class Admission:
         return self.table.create(session_id=new_session_id(), model_id=self.model_id, policy=policy, implicit=True)
 
     def check_context(self, n_tokens: int, policy: MemoryPolicy) -> None:
-        """Raise ContextOverflowError when a prompt of `n_tokens` exceeds the context (full policy)."""
-        if policy.kind == "full" and n_tokens > self.context_length:
-            over = n_tokens - self.context_length
+        """Raise ContextOverflowError unless a prompt of `n_tokens` leaves room for an answer (full policy)."""
+        if policy.kind == "full" and n_tokens >= self.context_length:
+            over = n_tokens - self.context_length + 1
             raise ContextOverflowError(
-                f"the prompt is {n_tokens} tokens but the context holds {self.context_length}: {over} tokens "
-                f"too many; drop or shorten old messages, start a new session, or use the bounded memory policy"
+                f"the prompt is {n_tokens} tokens and the context holds {self.context_length} including at least "
+                f"one answer token: {over} tokens too many; drop or shorten old messages, start a new session, "
+                f"or use the bounded memory policy"
             )
 
     def fits(self, session: Session, n_tokens: int) -> bool:

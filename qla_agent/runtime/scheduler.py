@@ -140,10 +140,11 @@ class Scheduler:
     def _step(self) -> None:
         while self._commands:
             self._run_command(*self._commands.popleft())
-        while self._inbox and len(self._prefilling) + len(self._decoding) < self.max_batch:
-            self._admit(*self._inbox.popleft())
+        # Cancelled runs go first: a caller may cancel and at once send the next turn of the session.
         for run in [r for r in (*self._prefilling, *self._decoding) if r.channel.cancelled]:
             self._finish(run, "cancelled")
+        while self._inbox and len(self._prefilling) + len(self._decoding) < self.max_batch:
+            self._admit(*self._inbox.popleft())
         if self._prefilling:
             self._guarded([self._prefilling[0]], self._prefill_step)
         if self._decoding:

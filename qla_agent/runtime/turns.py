@@ -110,7 +110,8 @@ class Run:
             self.pending = token
 
     def _context_full(self) -> bool:
-        return self.context_limit is not None and self.session.state.n_tokens >= self.context_limit
+        # Prompt + completion may not exceed the context; the state holds all but the last token.
+        return self.context_limit is not None and self.session.state.n_tokens + 1 >= self.context_limit
 
     def _emit(self, text: str) -> None:
         if text:
