@@ -95,8 +95,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> list[
 
 
 def _check_gates(
-    dims: tuple[int, ...], g: torch.Tensor, beta: torch.Tensor, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
-    symbolic: str,
+    dims: tuple[int, ...], g: torch.Tensor, beta: torch.Tensor,
+    A_log: torch.Tensor | None, dt_bias: torch.Tensor | None, symbolic: str,
 ) -> None:
     value_heads = dims[-1]
     _expect_tensor("g", g, dims, symbolic)
@@ -225,7 +225,8 @@ def check_conv_update(
     if slots is None:
         if count > conv_state.shape[0]:
             raise ValueError(
-                f"conv_state pool has {conv_state.shape[0]} rows but x has N={count} tokens; pass slots or a larger pool"
+                f"conv_state pool has {conv_state.shape[0]} rows but x has N={count} tokens; "
+                "pass slots or a larger pool"
             )
         return
     check_slots(slots, count, conv_state.shape[0], "conv_state")

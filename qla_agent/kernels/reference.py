@@ -29,9 +29,10 @@ j <= r (0 above the diagonal):
     O = scale exp(gamma) Q S  +  scale (Q K^T * M) U         inter-chunk + intra-chunk
     S <- exp(gamma_C) S + (exp(gamma_C - gamma) K)^T U       state at the next chunk start
 
-Every exponent is <= 0, so nothing overflows. The last chunk is padded with g = 0, beta = 0, k = 0
-tokens, which leave the state exactly unchanged. Sequences in a packed batch are chunked from their
-own start (as FLA does with cu_seqlens).
+Every exponent is <= 0, so nothing overflows. The last chunk may be shorter than C: the formulas hold
+for any length (a kernel pads it with g = 0, beta = 0, k = 0 tokens instead, which is equivalent).
+Sequences in a packed batch are chunked from their own start (as FLA does with cu_seqlens). Chunks are
+processed one after the other, so memory stays O(C^2) per head whatever T is.
 
 Options: use_qk_l2norm replaces q and k by x * rsqrt(sum(x^2) + 1e-6) before scaling; with A_log and
 dt_bias [Hv] given, g and beta hold the raw projections a and b and the gates are computed inside:
@@ -76,7 +77,10 @@ def l2norm(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
 def gdn_gates(
     A_log: torch.Tensor, dt_bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b); A_log, dt_bias [Hv], a, b [..., Hv] -> fp32 (fp64 in)."""
+    """g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b).
+
+    A_log, dt_bias [Hv]; a, b [..., Hv] -> g, beta [..., Hv] in fp32 (fp64 if an input is fp64).
+    """
     dtype = compute_dtype(A_log, dt_bias, a, b)
     g = -torch.exp(A_log.to(dtype)) * F.softplus(a.to(dtype) + dt_bias.to(dtype))
     beta = torch.sigmoid(b.to(dtype))
@@ -115,12 +119,29 @@ def recurrent_core(
     return torch.stack(outputs, dim=2), state
 
 
-def _pad_to_chunks(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Zero-pad dim 2 (time) of [B, H, T] or [B, H, T, D] by `pad` tokens."""
-    if pad == 0:
-        return x
-    widths = (0, pad) if x.dim() == 3 else (0, 0, 0, pad)
-    return F.pad(x, widths)
+def chunk_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of C tokens. q, k [B, H, C, K]; v [B, H, C, V]; g, beta [B, H, C]; state at its start [B, H, K, V]
+    -> (o [B, H, C, V], state at its end)."""
+    size = q.shape[2]
+    gamma = g.cumsum(-1)
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    # Mask before exp: above the diagonal gamma_r - gamma_j > 0 could overflow (and poison gradients).
+    gate = torch.exp((gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float("-inf")))
+    strict = (beta[..., None] * (k @ k.transpose(-1, -2)) * gate).tril(-1)
+    unit_lower = strict + torch.eye(size, dtype=q.dtype, device=q.device)
+    # One unit-lower-triangular solve for both right-hand sides: (I + A) [u | w] = [beta V | beta exp(gamma) K].
+    rhs = torch.cat([beta[..., None] * v, (beta * torch.exp(gamma))[..., None] * k], dim=-1)
+    u, w = torch.linalg.solve_triangular(unit_lower, rhs, upper=False, unitriangular=True).split(
+        [v.shape[-1], k.shape[-1]], dim=-1
+    )
+    delta = u - w @ state
+    inter = (q * torch.exp(gamma)[..., None]) @ state
+    intra = ((q @ k.transpose(-1, -2)) * gate) @ delta
+    k_to_end = k * torch.exp(gamma[..., -1:] - gamma)[..., None]
+    state = state * torch.exp(gamma[..., -1, None, None]) + k_to_end.transpose(-1, -2) @ delta
+    return inter + intra, state
 
 
 def chunk_core(
@@ -128,39 +149,12 @@ def chunk_core(
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked WY/UT form, same arguments and result as `recurrent_core`; see the module docstring."""
-    batch, heads, seqlen, key_dim = k.shape
-    value_dim = v.shape[-1]
-    pad = (-seqlen) % chunk_size
-    q, k, v, g, beta = (_pad_to_chunks(x, pad) for x in (q, k, v, g, beta))
-    n_chunks = (seqlen + pad) // chunk_size
-    q, k = (x.reshape(batch, heads, n_chunks, chunk_size, key_dim) for x in (q, k))
-    v = v.reshape(batch, heads, n_chunks, chunk_size, value_dim)
-    g, beta = (x.reshape(batch, heads, n_chunks, chunk_size) for x in (g, beta))
-
-    # Chunk-parallel part: cumulative gates, the UT solve for w and u, the intra-chunk attention.
-    gamma = g.cumsum(-1)
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).tril()
-    # Mask before exp: above the diagonal gamma_r - gamma_j > 0 could overflow (and poison gradients).
-    gate = torch.exp((gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float("-inf")))
-    strict = (beta[..., None] * (k @ k.transpose(-1, -2)) * gate).tril(-1)
-    eye = torch.eye(chunk_size, dtype=q.dtype, device=q.device)
-    u = torch.linalg.solve_triangular(eye + strict, beta[..., None] * v, upper=False, unitriangular=True)
-    w = torch.linalg.solve_triangular(
-        eye + strict, (beta * torch.exp(gamma))[..., None] * k, upper=False, unitriangular=True
-    )
-    attn = (q @ k.transpose(-1, -2)) * gate
-    q_decayed = q * torch.exp(gamma)[..., None]
-    k_to_end = k * torch.exp(gamma[..., -1:] - gamma)[..., None]
-    chunk_decay = torch.exp(gamma[..., -1])
-
-    # Sequential part: one state per chunk boundary.
     outputs = []
-    for c in range(n_chunks):
-        delta = u[:, :, c] - w[:, :, c] @ state
-        outputs.append(q_decayed[:, :, c] @ state + attn[:, :, c] @ delta)
-        state = state * chunk_decay[:, :, c, None, None] + k_to_end[:, :, c].transpose(-1, -2) @ delta
-    o = torch.stack(outputs, dim=2).reshape(batch, heads, n_chunks * chunk_size, value_dim)
-    return o[:, :, :seqlen], state
+    for start in range(0, q.shape[2], chunk_size):
+        piece = slice(start, start + chunk_size)
+        o, state = chunk_step(q[:, :, piece], k[:, :, piece], v[:, :, piece], g[:, :, piece], beta[:, :, piece], state)
+        outputs.append(o)
+    return torch.cat(outputs, dim=2), state
 
 
 def _run(
@@ -205,7 +199,10 @@ def gdn_recurrent(
     cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The definition, token by token. q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv] -> o [B,T,Hv,V], state [N,Hv,K,V]."""
+    """The definition, token by token.
+
+    q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv] -> o [B,T,Hv,V], final state [N,Hv,K,V] (or None).
+    """
     return _run(
         recurrent_core, q, k, v, g, beta, scale=scale, initial_state=initial_state,
         output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,

@@ -30,52 +30,62 @@ def _decode(**changes: object) -> dict[str, object]:
     return args
 
 
-BAD_CALLS: list[tuple[str, Callable[[], object], str]] = [
-    ("k_shape", lambda: gdn_prefill(**_prefill(k=torch.randn(B, T, HK, K + 1))), r"k must have shape \[B, T, Hk, K\]"),
-    ("q_ndim", lambda: gdn_prefill(**_prefill(q=torch.randn(T, HK, K))), r"q must have shape \[B, T, Hk, K\]"),
-    ("v_T", lambda: gdn_prefill(**_prefill(v=torch.randn(B, T + 1, HV, V))), r"v must have shape \[B, T, Hv, V\] = \[1, 10"),
-    ("Hv_not_multiple", lambda: gdn_prefill(**_prefill(v=torch.randn(B, T, 3, V), g=torch.zeros(B, T, 3),
-                                                       beta=torch.zeros(B, T, 3))), r"v must have shape .*multiple of Hk=2"),
-    ("g_shape", lambda: gdn_prefill(**_prefill(g=torch.zeros(B, T, HK))), r"g must have shape \[B, T, Hv\] = \[1, 10, 4\]"),
-    ("beta_shape", lambda: gdn_prefill(**_prefill(beta=torch.zeros(B, T))), r"beta must have shape \[B, T, Hv\]"),
-    ("initial_state", lambda: gdn_prefill(**_prefill(initial_state=torch.zeros(B, HV, V, K))),
-     r"initial_state must have shape \[N, Hv, K, V\] = \[1, 4, 8, 16\]"),
-    ("initial_state_varlen", lambda: gdn_prefill(**_prefill(initial_state=torch.zeros(1, HV, K, V)),
-                                                 cu_seqlens=torch.tensor([0, 4, 10])),
-     r"initial_state must have shape \[N, Hv, K, V\] = \[2, 4, 8, 16\]"),
-    ("cu_not_increasing", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0, 6, 6, 10])),
-     r"cu_seqlens must be strictly increasing"),
-    ("cu_not_from_zero", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([1, 10])), r"cu_seqlens must start at 0"),
-    ("cu_not_to_T", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0, 9])), r"cu_seqlens must end at T=10"),
-    ("cu_float", lambda: gdn_prefill(**_prefill(), cu_seqlens=torch.tensor([0.0, 10.0])), r"cu_seqlens must be an integer"),
-    ("cu_with_B2", lambda: gdn_prefill(**_prefill(**{n: x.expand(2, *x.shape[1:]) for n, x in _prefill().items()}),
-                                       cu_seqlens=torch.tensor([0, 10])), r"batch size B must be 1"),
-    ("empty_T", lambda: gdn_prefill(**_prefill(**{n: x[:, :0] for n, x in _prefill().items()})),
-     r"q must have shape \[B, T, Hk, K\] with B >= 1 and T >= 1"),
-    ("conv_empty_T", lambda: causal_conv1d(torch.zeros(1, 0, 6), torch.zeros(6, 4)), r"x must have shape \[B, T, C\] with"),
-    ("A_log_alone", lambda: gdn_prefill(**_prefill(), A_log=torch.zeros(HV)), r"A_log and dt_bias"),
-    ("dt_bias_shape", lambda: gdn_prefill(**_prefill(), A_log=torch.zeros(HV), dt_bias=torch.zeros(HK)),
-     r"dt_bias must have shape \[Hv\] = \[4\]"),
-    ("int_v", lambda: gdn_prefill(**_prefill(v=torch.zeros(B, T, HV, V, dtype=torch.int64))), r"v must be a floating"),
-    ("decode_state", lambda: gdn_decode(**_decode(state=torch.zeros(5, HV, V, K))),
-     r"state must have shape \[S, Hv, K, V\] = \[S, 4, 8, 16\]"),
-    ("decode_v", lambda: gdn_decode(**_decode(v=torch.zeros(2, HV, V))), r"v must have shape \[N, Hv, V\] = \[3, Hv, V\]"),
-    ("decode_slots_len", lambda: gdn_decode(**_decode(slots=torch.tensor([0, 1]))), r"slots must have shape \[N\] = \[3\]"),
-    ("decode_slots_range", lambda: gdn_decode(**_decode(slots=torch.tensor([0, 5, 1]))), r"slots must index rows .*\[0, 5\)"),
-    ("decode_slots_repeat", lambda: gdn_decode(**_decode(slots=torch.tensor([1, 1, 2]))), r"slots must be distinct"),
-    ("conv_weight", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 1, 4)), r"weight must have shape \[C, W\]"),
-    ("conv_state", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), conv_state=torch.zeros(1, 6, 4)),
-     r"conv_state must have shape \[N, C, W-1\] = \[1, 6, 3\]"),
-    ("conv_cu", lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), cu_seqlens=torch.tensor([0, 3, 2, 5])),
-     r"cu_seqlens must be strictly increasing"),
-    ("conv_update_state", lambda: causal_conv1d_update(torch.zeros(2, 6), torch.zeros(6, 4), torch.zeros(4, 6, 4)),
-     r"conv_state must have shape \[S, C, W-1\] = \[S, 6, 3\]"),
-    ("conv_update_pool_small", lambda: causal_conv1d_update(torch.zeros(3, 6), torch.zeros(6, 4), torch.zeros(2, 6, 3)),
-     r"conv_state pool has 2 rows"),
+def _both(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x])
+
+
+def _bad(call: Callable[[], object], match: str, name: str) -> object:
+    return pytest.param(call, match, id=name)
+
+
+P, D = _prefill, _decode
+SHAPE_N = r"\[N, Hv, K, V\]"
+BAD_CALLS = [
+    _bad(lambda: gdn_prefill(**P(k=torch.randn(B, T, HK, K + 1))), r"k must have shape \[B, T, Hk, K\]", "k_shape"),
+    _bad(lambda: gdn_prefill(**P(q=torch.randn(T, HK, K))), r"q must have shape \[B, T, Hk, K\]", "q_ndim"),
+    _bad(lambda: gdn_prefill(**{n: x[:, :0] for n, x in P().items()}),
+         r"q must have shape \[B, T, Hk, K\] with B >= 1 and T >= 1", "empty_T"),
+    _bad(lambda: gdn_prefill(**P(v=torch.randn(B, T + 1, HV, V))),
+         r"v must have shape \[B, T, Hv, V\] = \[1, 10, Hv, V\]", "v_T"),
+    _bad(lambda: gdn_prefill(**P(v=torch.randn(B, T, 3, V), g=torch.zeros(B, T, 3), beta=torch.zeros(B, T, 3))),
+         r"v must have shape \[B, T, Hv, V\] with Hv a multiple of Hk=2", "Hv_not_multiple"),
+    _bad(lambda: gdn_prefill(**P(g=torch.zeros(B, T, HK))), r"g must have shape \[B, T, Hv\] = \[1, 10, 4\]", "g"),
+    _bad(lambda: gdn_prefill(**P(beta=torch.zeros(B, T))), r"beta must have shape \[B, T, Hv\]", "beta"),
+    _bad(lambda: gdn_prefill(**P(initial_state=torch.zeros(B, HV, V, K))),
+         rf"initial_state must have shape {SHAPE_N} = \[1, 4, 8, 16\]", "initial_state_transposed"),
+    _bad(lambda: gdn_prefill(**P(initial_state=torch.zeros(1, HV, K, V)), cu_seqlens=torch.tensor([0, 4, 10])),
+         rf"initial_state must have shape {SHAPE_N} = \[2, 4, 8, 16\]", "initial_state_varlen"),
+    _bad(lambda: gdn_prefill(**P(), cu_seqlens=torch.tensor([0, 6, 6, 10])),
+         r"cu_seqlens must be strictly increasing", "cu_not_increasing"),
+    _bad(lambda: gdn_prefill(**P(), cu_seqlens=torch.tensor([1, 10])), r"cu_seqlens must start at 0", "cu_start"),
+    _bad(lambda: gdn_prefill(**P(), cu_seqlens=torch.tensor([0, 9])), r"cu_seqlens must end at T=10", "cu_end"),
+    _bad(lambda: gdn_prefill(**P(), cu_seqlens=torch.tensor([0.0, 10.0])), r"cu_seqlens must be an integer", "cu_float"),
+    _bad(lambda: gdn_prefill(**{n: _both(x) for n, x in P().items()}, cu_seqlens=torch.tensor([0, 10])),
+         r"batch size B must be 1", "cu_with_B2"),
+    _bad(lambda: gdn_prefill(**P(), A_log=torch.zeros(HV)), r"A_log and dt_bias", "A_log_alone"),
+    _bad(lambda: gdn_prefill(**P(), A_log=torch.zeros(HV), dt_bias=torch.zeros(HK)),
+         r"dt_bias must have shape \[Hv\] = \[4\]", "dt_bias_shape"),
+    _bad(lambda: gdn_prefill(**P(v=torch.zeros(B, T, HV, V, dtype=torch.int64))), r"v must be a floating", "int_v"),
+    _bad(lambda: gdn_decode(**D(state=torch.zeros(5, HV, V, K))),
+         r"state must have shape \[S, Hv, K, V\] = \[S, 4, 8, 16\]", "decode_state"),
+    _bad(lambda: gdn_decode(**D(v=torch.zeros(2, HV, V))), r"v must have shape \[N, Hv, V\] = \[3, Hv, V\]", "decode_v"),
+    _bad(lambda: gdn_decode(**D(slots=torch.tensor([0, 1]))), r"slots must have shape \[N\] = \[3\]", "slots_len"),
+    _bad(lambda: gdn_decode(**D(slots=torch.tensor([0, 5, 1]))), r"slots must index rows .*\[0, 5\)", "slots_range"),
+    _bad(lambda: gdn_decode(**D(slots=torch.tensor([1, 1, 2]))), r"slots must be distinct", "slots_repeat"),
+    _bad(lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 1, 4)), r"weight must have shape \[C, W\]", "conv_w"),
+    _bad(lambda: causal_conv1d(torch.zeros(1, 0, 6), torch.zeros(6, 4)), r"x must have shape \[B, T, C\] with", "conv_T0"),
+    _bad(lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), conv_state=torch.zeros(1, 6, 4)),
+         r"conv_state must have shape \[N, C, W-1\] = \[1, 6, 3\]", "conv_state"),
+    _bad(lambda: causal_conv1d(torch.zeros(1, 5, 6), torch.zeros(6, 4), cu_seqlens=torch.tensor([0, 3, 2, 5])),
+         r"cu_seqlens must be strictly increasing", "conv_cu"),
+    _bad(lambda: causal_conv1d_update(torch.zeros(2, 6), torch.zeros(6, 4), torch.zeros(4, 6, 4)),
+         r"conv_state must have shape \[S, C, W-1\] = \[S, 6, 3\]", "conv_update_state"),
+    _bad(lambda: causal_conv1d_update(torch.zeros(3, 6), torch.zeros(6, 4), torch.zeros(2, 6, 3)),
+         r"conv_state pool has 2 rows", "conv_update_pool_small"),
 ]
 
 
-@pytest.mark.parametrize("call,match", [(c, m) for _, c, m in BAD_CALLS], ids=[name for name, _, _ in BAD_CALLS])
+@pytest.mark.parametrize("call,match", BAD_CALLS)
 def test_bad_inputs_raise_value_error(call: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
