@@ -141,7 +141,7 @@ def _decode(arguments: str | Mapping[str, Any] | None) -> tuple[dict[str, Any], 
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             return {}, [f"arguments are not valid JSON ({e}); send a JSON object"]
     if not isinstance(arguments, Mapping):
         return {}, [f"arguments must be a JSON object, got {type(arguments).__name__}"]

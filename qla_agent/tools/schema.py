@@ -84,20 +84,28 @@ def _as_bool(text: str) -> tuple[bool, Any]:
     return False, None
 
 
-def _as_container(text: str, kind: type) -> tuple[bool, Any]:
+_PARSE_ERRORS = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)
+
+
+def load_json_or_literal(text: str) -> tuple[bool, Any, str | None]:
+    """(ok, value, error): JSON, else a Python literal (models echo reprs like {'a': True}); never raises."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        if len(text) > _LITERAL_LIMIT:
-            return False, None
+        return True, json.loads(text), None
+    except _PARSE_ERRORS as e:
+        error = f"{type(e).__name__}: {e}" if isinstance(e, RecursionError) else str(e)
+    if len(text) <= _LITERAL_LIMIT:
         try:
-            # Models echo Python reprs ({'a': True}) because the template renders values with |string.
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return False, None
+            return True, ast.literal_eval(text), None
+        except _PARSE_ERRORS:
+            pass
+    return False, None, error
+
+
+def _as_container(text: str, kind: type) -> tuple[bool, Any]:
+    ok, value, _ = load_json_or_literal(text)
     if kind is list and isinstance(value, tuple):
         value = list(value)
-    return (True, value) if isinstance(value, kind) else (False, None)
+    return (True, value) if ok and isinstance(value, kind) else (False, None)
 
 
 _COERCERS = {

@@ -26,10 +26,9 @@ def load_cases() -> list[dict[str, Any]]:
 def case_parser(case: dict[str, Any]) -> ToolCallParser:
     """The parser a case asks for, with deterministic call ids (call_0, call_1, ...)."""
     counter = itertools.count()
-    tools = case.get("tools", TOOLS) if "tools" in case else TOOLS
     return parser_for(
-        case["format"], tools, starts_in_reasoning=case["starts_in_reasoning"],
-        new_id=lambda: f"call_{next(counter)}",
+        case["format"], case.get("tools", TOOLS), starts_in_reasoning=case["starts_in_reasoning"],
+        calls_in_reasoning=case.get("calls_in_reasoning", False), new_id=lambda: f"call_{next(counter)}",
     )
 
 

@@ -33,14 +33,15 @@ def _ids():
 
 
 @pytest.mark.parametrize("fmt", ["qwen_xml", "hermes", None])
-@pytest.mark.parametrize("starts", [False, True])
-def test_fuzzed_text_never_raises_and_chunking_does_not_matter(fmt, starts):
-    rng = random.Random(f"{fmt}-{starts}")
+@pytest.mark.parametrize(("starts", "cir"), [(False, False), (True, False), (True, True)])
+def test_fuzzed_text_never_raises_and_chunking_does_not_matter(fmt, starts, cir):
+    rng = random.Random(f"{fmt}-{starts}-{cir}")
+    kwargs = {"starts_in_reasoning": starts, "calls_in_reasoning": cir}
     for _ in range(150):
         text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 40)))
-        ref = parser_for(fmt, TOOLS, starts_in_reasoning=starts, new_id=_ids()).parse(text)
+        ref = parser_for(fmt, TOOLS, new_id=_ids(), **kwargs).parse(text)
         for seed in range(3):
-            parser = parser_for(fmt, TOOLS, starts_in_reasoning=starts, new_id=_ids())
+            parser = parser_for(fmt, TOOLS, new_id=_ids(), **kwargs)
             out = merge_deltas(stream_in_chunks(parser, text, seed, max_chunk=5))
             assert out == ref, (text, seed)
         for call in ref.tool_calls:

@@ -21,6 +21,8 @@ CASES = [
     ("object-json", {"type": "object"}, '{"a": [1, 2]}', {"a": [1, 2]}, None),
     ("object-python", {"type": "object"}, "{'a': None, 'b': False}", {"a": None, "b": False}, None),
     ("object-wrong-kind", {"type": "object"}, "[1]", "[1]", "expected object"),
+    ("object-set-literal", {"type": "object"}, "{{}}", "{{}}", "expected object"),
+    ("array-too-deep", {"type": "array"}, "[" * 5000 + "]" * 5000, "[" * 5000 + "]" * 5000, "expected array"),
     ("array-json", {"type": "array"}, '["x"]', ["x"], None),
     ("array-python-tuple", {"type": "array"}, "(1, 2)", [1, 2], None),
     ("null", {"type": "null"}, "null", None, None),

@@ -10,7 +10,7 @@ from qla_agent.tools.registry import Tool
 
 
 def current_datetime(timezone: str | None = None) -> str:
-    """ISO 8601 date and time with offset, the weekday and the zone, e.g. `2026-08-21T14:03:05+02:00 (Friday, Europe/Paris)`."""
+    """ISO 8601 time with offset, weekday and zone: `2026-08-21T14:03:05+02:00 (Friday, Europe/Paris)`."""
     if timezone:
         try:
             zone = ZoneInfo(timezone)

@@ -50,12 +50,14 @@ class ToolCallParser:
         *,
         tool_format: str | None = "qwen_xml",
         starts_in_reasoning: bool = False,
+        calls_in_reasoning: bool = False,
         new_id: Callable[[], str] = new_call_id,
     ):
         if tool_format is not None and tool_format not in TOOL_FORMATS:
             raise ValueError(f"unknown tool_format {tool_format!r}; use one of {TOOL_FORMATS} or None")
         self.tool_format = tool_format
         self.starts_in_reasoning = starts_in_reasoning
+        self.calls_in_reasoning = calls_in_reasoning
         self._schemas = ToolSchemas(tools)
         self._new_id = new_id
 
@@ -66,6 +68,7 @@ class ToolCallParser:
             parse_calls=self.tool_format is not None,
             starts_in_reasoning=self.starts_in_reasoning,
             new_id=self._new_id,
+            calls_in_reasoning=self.calls_in_reasoning,
         )
 
     def parse(self, text: str) -> ParsedMessage:
@@ -79,15 +82,18 @@ def parser_for(
     tools: Sequence[Mapping[str, Any]] | None = None,
     *,
     starts_in_reasoning: bool = False,
+    calls_in_reasoning: bool = False,
     new_id: Callable[[], str] = new_call_id,
 ) -> ToolCallParser:
     """The parser for a chat template's `tool_format` ("qwen_xml", "hermes", or None: reasoning only).
 
     `tools` is the request's OpenAI tools list: it gives the schemas that coerce XML values and
     flags unknown tools and missing arguments; None accepts any tool and keeps values as strings.
+    `calls_in_reasoning` (off by default) lets a call inside `<think>` end the reasoning and count.
     """
     return ToolCallParser(
-        tools, tool_format=tool_format, starts_in_reasoning=starts_in_reasoning, new_id=new_id
+        tools, tool_format=tool_format, starts_in_reasoning=starts_in_reasoning,
+        calls_in_reasoning=calls_in_reasoning, new_id=new_id,
     )
 
 

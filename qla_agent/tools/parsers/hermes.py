@@ -13,18 +13,16 @@ Rules (each pinned by tests/data/tool_calls):
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from qla_agent.tools.parsers.calls import TOOL_CLOSE, TOOL_OPEN, Announce, CallRecord, Step, ToolSchemas
-from qla_agent.tools.schema import coerce_value
+from qla_agent.tools.schema import coerce_value, load_json_or_literal
 
 _NAME_RE = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*[,}]')
 _CLOSERS = {"{": "}", "[": "]"}
-_LITERAL_LIMIT = 100_000
 
 
 class HermesCall:
@@ -102,10 +100,11 @@ class HermesCall:
         if name != self._call.name:
             self._call.errors.append(f"tool name {name!r} differs from the announced {self._call.name!r}")
         if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except ValueError as e:
-                self._call.errors.append(f"arguments are not valid JSON: {e}")
+            ok, decoded, error = load_json_or_literal(args) if args.strip() else (True, {}, None)
+            if ok:
+                args = decoded
+            else:
+                self._call.errors.append(f"arguments are not valid JSON: {error}")
         if not isinstance(args, Mapping):
             self._call.errors.append(f"arguments must be a JSON object, got {type(args).__name__}")
             deltas.append(self._call.finish(json.dumps(args, ensure_ascii=False), (), truncated=truncated))
@@ -128,20 +127,12 @@ def _decode_name(raw: str) -> str:
 
 
 def _load_object(text: str, closers: str) -> tuple[Any, str | None]:
-    """Parse the body: JSON, then JSON with the missing closers appended, then a Python literal."""
+    """Parse the body: JSON or a Python literal, then the same with the missing closers appended."""
     text = text.strip()
-    error = None
-    for candidate in (text, text + closers) if closers else (text,):
-        try:
-            return json.loads(candidate), None
-        except ValueError as e:
-            error = error or str(e)
-    if len(text) <= _LITERAL_LIMIT:
-        try:
-            return ast.literal_eval(text + closers), None
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            pass
-    return None, error
+    ok, value, error = load_json_or_literal(text)
+    if not ok and closers:
+        ok, value, _ = load_json_or_literal(text + closers)
+    return (value, None) if ok else (None, error)
 
 
 def _unwrap(obj: Any) -> tuple[str, Any] | None:

@@ -8,7 +8,9 @@ Rules shared by both call formats (each pinned by tests/data/tool_calls):
   the message comes back as history); whitespace between pieces is kept.
 - `<tool_call>` starts a call only outside reasoning and outside ``` code fences (every ```
   toggles), and only when followed (after whitespace) by `<function=` (XML) or `{` (JSON); both
-  bodies are read whatever the template's format. Otherwise `<tool_call>` is literal content.
+  bodies are read whatever the template's format. Otherwise `<tool_call>` is literal text.
+- With `calls_in_reasoning` (opt-in; vLLM #39056: Qwen3.5 sometimes calls before `</think>`) a
+  call inside reasoning ends the reasoning; a later stray `</think>` is dropped.
 - After a call, whitespace (and, for JSON, stray `}`) and one `</tool_call>` are consumed.
 - Text that might be the start of a tag is held back until the next chunk decides it, so the
   deltas of any chunking concatenate to the same message as one `feed` of the whole text.
@@ -59,6 +61,7 @@ class StreamParser:
         parse_calls: bool,
         starts_in_reasoning: bool,
         new_id: Callable[[], str],
+        calls_in_reasoning: bool = False,
     ):
         self._schemas = schemas
         self._parse_calls = parse_calls
@@ -71,6 +74,9 @@ class StreamParser:
         self._think_allowed = not starts_in_reasoning
         self._in_code = False
         self._open_text = ""
+        self._calls_in_reasoning = calls_in_reasoning and parse_calls
+        self._from_reasoning = False
+        self._stray_think_close = False
         self._call: XmlCall | HermesCall | None = None
         self._n_calls = 0
         self._finished = False
@@ -115,6 +121,8 @@ class StreamParser:
             markers.append(TOOL_OPEN)
         if self._think_allowed:
             markers.append(THINK_OPEN)
+        if self._stray_think_close:
+            markers.append(THINK_CLOSE)
         hit = find_first(self._buf, markers)
         if hit is None:
             keep = 0 if final else partial_suffix(self._buf, markers)
@@ -133,6 +141,8 @@ class StreamParser:
         elif marker == THINK_OPEN:
             self._think_allowed = False
             self._step = self._reasoning_step
+        elif marker == THINK_CLOSE:
+            self._stray_think_close = False
         else:
             self._open_text = marker
             self._step = self._open_step
@@ -147,14 +157,20 @@ class StreamParser:
             if head.startswith(THINK_OPEN):
                 self._buf = head[len(THINK_OPEN) :]
             return True
-        i = self._buf.find(THINK_CLOSE)
-        if i < 0:
-            keep = 0 if final else partial_suffix(self._buf, [THINK_CLOSE])
+        markers = [THINK_CLOSE, TOOL_OPEN] if self._calls_in_reasoning else [THINK_CLOSE]
+        hit = find_first(self._buf, markers)
+        if hit is None:
+            keep = 0 if final else partial_suffix(self._buf, markers)
             self._reasoning.push(self._take(len(self._buf) - keep), out)
             return False
+        i, marker = hit
         self._reasoning.push(self._take(i), out)
-        self._take(len(THINK_CLOSE))
-        self._step = self._content_step
+        self._take(len(marker))
+        if marker == TOOL_OPEN:
+            self._open_text, self._from_reasoning = marker, True
+            self._step = self._open_step
+        else:
+            self._step = self._content_step
         return True
 
     def _open_step(self, final: bool, out: list[Delta]) -> bool:
@@ -169,22 +185,32 @@ class StreamParser:
         elif not final and FUNCTION_OPEN.startswith(rest):
             return False
         else:
-            self._emit_content(self._open_text, out)
-            self._step = self._content_step
+            self._replay_open(out)
             return True
         self._step = self._call_step
         return True
+
+    def _replay_open(self, out: list[Delta]) -> None:
+        """Not a call after all: `<tool_call>...` is literal text of the channel it appeared in."""
+        if self._from_reasoning:
+            self._reasoning.push(self._open_text, out)
+            self._step = self._reasoning_step
+        else:
+            self._emit_content(self._open_text, out)
+            self._step = self._content_step
+        self._from_reasoning = False
 
     def _call_step(self, final: bool, out: list[Delta]) -> bool:
         assert self._call is not None
         step = self._call.step(self._buf, final)
         out.extend(step.deltas)
         if step.literal:
-            self._emit_content(self._open_text, out)
-            self._step = self._content_step
+            self._replay_open(out)
             return True
         self._take(step.consumed)
         if step.done:
+            self._stray_think_close = self._stray_think_close or self._from_reasoning
+            self._from_reasoning = False
             self._step = self._after_call_step
         return step.done
 
