@@ -2,6 +2,18 @@
 
 Use `parser_for(template.tool_format, request_tools, starts_in_reasoning=opens_reasoning(prompt))`,
 then `.parse(text)` for a whole completion or `.stream()` for deltas while it is generated.
+`parse` is `stream` fed the whole text, so both give the same message for any chunking.
+
+Malformed output never raises. The rule for each case (details in stream.py, qwen_xml.py, hermes.py):
+- `<tool_call>` not followed by `<function=` or `{`, or a `<function=` name that runs into a
+  newline or the end of output, or a JSON body that does not parse and names no tool: text.
+- Output ending inside a call whose name was read: the call, with the arguments read so far and
+  an error saying it was truncated.
+- Invalid JSON after a readable `"name"`: the call, arguments `{}`, error "invalid JSON ...".
+- Unknown tool, missing required argument, a value its schema cannot take, an argument given
+  twice: the call, with an error naming the problem.
+A call with `error` set must not be run; the agent loop sends the error back as the tool result
+(`ToolRegistry.run_call` does this).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Rules (each pinned by tests/data/tool_calls):
 - A value is the text between `<parameter=ARG>` and the structural `</parameter>`, minus exactly one
   leading and one trailing newline. `</parameter>` is structural only when followed (after
   whitespace) by `<parameter=`, `</function>`, `</tool_call>` or the end of output; a `</function>`
-  followed by `</tool_call>` or the end also ends a value whose `</parameter>` is missing. Any other
-  closing tag inside a value is literal text.
+  followed by `</tool_call>` or the end, or a `</tool_call>` followed by `<tool_call>` or the end,
+  also ends a value whose `</parameter>` is missing. Any other closing tag inside a value is literal
+  text (so is `<parameter=`: a value missing its `</parameter>` runs on to the next structural tag).
 - Values are coerced by the tool's JSON schema (`qla_agent.tools.schema.coerce_text`); plain-string
   and unknown parameters stream as they arrive, typed ones are emitted when complete.
 - `</function>` ends the call; `</tool_call>` is optional and also ends a call missing `</function>`.
@@ -28,6 +29,7 @@ import json
 
 from qla_agent.tools.parsers.calls import (
     TOOL_CLOSE,
+    TOOL_OPEN,
     Announce,
     ArgsWriter,
     CallRecord,
@@ -202,8 +204,12 @@ def _scan_value(buf: str, final: bool) -> tuple[int, int | None]:
             verdict = starts_with_tag(buf, p + len(FUNCTION_CLOSE), (TOOL_CLOSE,), final)
             if verdict is Verdict.YES:
                 return p, p
+        elif tail.startswith(TOOL_CLOSE):
+            verdict = starts_with_tag(buf, p + len(TOOL_CLOSE), (TOOL_OPEN,), final)
+            if verdict is Verdict.YES:
+                return p, p
         else:
-            partial = PARAM_CLOSE.startswith(tail) or FUNCTION_CLOSE.startswith(tail)
+            partial = any(tag.startswith(tail) for tag in (PARAM_CLOSE, FUNCTION_CLOSE, TOOL_CLOSE))
             verdict = Verdict.WAIT if partial and not final else Verdict.NO
         if verdict is Verdict.WAIT:
             return p, None
