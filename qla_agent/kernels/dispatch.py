@@ -50,7 +50,8 @@ def load_backend(name: str) -> ModuleType | str:
     if name not in _loaded:
         try:
             _loaded[name] = importlib.import_module(FAST_BACKENDS[name])
-        except ImportError as e:
+        # A broken toolchain can fail the import in several ways; auto must still fall back.
+        except (ImportError, OSError, RuntimeError) as e:
             _loaded[name] = f"backend {name!r} cannot be imported ({e})"
     return _loaded[name]
 
