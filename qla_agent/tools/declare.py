@@ -66,7 +66,8 @@ def infer_parameters(fn: Callable[..., Any]) -> dict[str, Any]:
         raise ToolError(f"cannot read the type hints of {fn.__qualname__}: {e}; pass parameters= instead") from e
     props: dict[str, Any] = {}
     required: list[str] = []
-    for param in inspect.signature(fn).parameters.values():
+    params = inspect.signature(fn).parameters.values()
+    for param in params:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             continue
         props[param.name] = hint_schema(hints.get(param.name, Any), where=f"{fn.__qualname__}({param.name})")
@@ -75,6 +76,9 @@ def infer_parameters(fn: Callable[..., Any]) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": props}
     if required:
         schema["required"] = required
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        # Arguments the function cannot take are refused by validation, with the known names listed.
+        schema["additionalProperties"] = False
     return schema
 
 

@@ -51,7 +51,7 @@ def test_openai_tools_export():
     assert out[0] == {"type": "function", "function": {
         "name": "add", "description": "Add two integers.",
         "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                       "required": ["a"]}}}
+                       "required": ["a"], "additionalProperties": False}}}
 
 
 @pytest.mark.parametrize(("name", "args", "ref", "error"), [
@@ -61,10 +61,12 @@ def test_openai_tools_export():
     ("add", "{bad", "error: invalid call to 'add': arguments are not valid JSON", True),
     ("add", "[1]", "error: invalid call to 'add': arguments must be a JSON object, got list", True),
     ("add", {"a": "2"}, "error: invalid call to 'add': arguments.a: expected integer, got string \"2\"", True),
+    ("add", {"a": 1, "c": 2}, "error: invalid call to 'add': arguments: unknown argument 'c' (known: a, b)", True),
     ("nope", {}, "error: invalid call to 'nope': unknown tool 'nope' (available: add, fail_on_purpose", True),
     ("fail_on_purpose", {"reason": "no"}, "error: refused: no", True),
     ("crash", None, "error: ZeroDivisionError: integer division or modulo by zero", True),
-], ids=["ok-json", "ok-dict", "missing", "bad-json", "not-object", "wrong-type", "unknown", "tool-error", "crash"])
+], ids=["ok-json", "ok-dict", "missing", "bad-json", "not-object", "wrong-type", "extra", "unknown", "tool-error",
+        "crash"])
 def test_call_never_raises(name, args, ref, error):
     out = _registry().call(name, args, call_id="call_9")
     assert out.content.startswith(ref)
@@ -127,6 +129,7 @@ def test_infer_parameters_from_hints():
         "ratio": {"type": "number"},
         "flag": {"type": "boolean"},
     }}
+    assert infer_parameters(add)["additionalProperties"] is False
 
 
 def test_unsupported_hint_is_named():
