@@ -281,7 +281,9 @@ class SessionState:
         self.n_tokens = length
 
     def tensors(self) -> dict[str, Tensor]:
-        """Flat name -> tensor map for saving (safetensors); KV in token order, contiguous."""
+        """Flat name -> tensor map for saving (safetensors); KV in token order, contiguous.
+
+        Recurrent/conv entries may share memory with the live state: save them before advancing it."""
         out: dict[str, Tensor] = {}
         for i, t in enumerate(self.recurrent):
             out[f"recurrent.{i}"] = t.contiguous()
@@ -305,7 +307,7 @@ class SessionState:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], metadata: dict[str, str]) -> SessionState:
-        """Inverse of `tensors()` + `metadata()`."""
+        """Inverse of `tensors()` + `metadata()`; copies the tensors (the result shares no memory)."""
         try:
             policy = MemoryPolicy(
                 kind=metadata["policy"],  # type: ignore[arg-type]
@@ -315,8 +317,8 @@ class SessionState:
             n_gdn = int(metadata["n_recurrent"])
             seen = [int(s) for s in metadata["kv_seen"].split(",") if s]
             return cls(
-                recurrent=[tensors[f"recurrent.{i}"] for i in range(n_gdn)],
-                conv=[tensors[f"conv.{i}"] for i in range(n_gdn)],
+                recurrent=[tensors[f"recurrent.{i}"].clone() for i in range(n_gdn)],
+                conv=[tensors[f"conv.{i}"].clone() for i in range(n_gdn)],
                 kv=[
                     KVCache.from_tensors(tensors[f"kv.{i}.keys"], tensors[f"kv.{i}.values"], policy=policy, n_seen=n)
                     for i, n in enumerate(seen)

@@ -1,0 +1,1 @@
+"""Building blocks of the hybrid decoder: norms, Gated DeltaNet, gated attention, MLP / MoE."""

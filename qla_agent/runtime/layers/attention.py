@@ -1,0 +1,96 @@
+"""Gated full attention: q/k zero-centred RMSNorm, partial neox RoPE, GQA over a KV cache, sigmoid gate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qla_agent.runtime.config import ModelConfig
+from qla_agent.runtime.layers.norms import ZeroCenteredRMSNorm
+from qla_agent.runtime.state import KVCache
+
+
+class PartialRope:
+    """Neox-style rotary embedding on the first `rotary_dim` dims of each head (1-D positions)."""
+
+    def __init__(self, rotary_dim: int, theta: float) -> None:
+        self.rotary_dim = rotary_dim
+        # Always on the CPU (also when the model is built under a meta-device context).
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
+        self._inv_freq = 1.0 / (theta**exponents)
+        self._by_device: dict[torch.device, Tensor] = {}
+
+    def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """positions [T] int -> cos, sin [T, 1, rotary_dim] in `dtype` (angles computed in fp32)."""
+        inv_freq = self._by_device.get(positions.device)
+        if inv_freq is None:
+            inv_freq = self._by_device.setdefault(positions.device, self._inv_freq.to(positions.device))
+        freqs = positions.float()[:, None] * inv_freq
+        angles = torch.cat([freqs, freqs], dim=-1)[:, None, :]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x [T, heads, head_dim] -> same, dims [0, rotary_dim) rotated."""
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        half = self.rotary_dim // 2
+        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+        return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+
+
+class GatedAttention(nn.Module):
+    """One gated attention layer. q_proj.weight [nh*2*d, H] holds per head [query(d) | gate(d)] rows;
+    k_proj, v_proj [nkv*d, H]; o_proj [H, nh*d]; q_norm, k_norm [d]."""
+
+    def __init__(self, config: ModelConfig, *, dtype: torch.dtype | None = None, device=None) -> None:
+        super().__init__()
+        c = config
+        self.nh, self.nkv, self.d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.scale = self.d**-0.5
+        self.q_proj = nn.Linear(c.hidden_size, self.nh * 2 * self.d, bias=False, dtype=dtype, device=device)
+        self.k_proj = nn.Linear(c.hidden_size, self.nkv * self.d, bias=False, dtype=dtype, device=device)
+        self.v_proj = nn.Linear(c.hidden_size, self.nkv * self.d, bias=False, dtype=dtype, device=device)
+        self.o_proj = nn.Linear(self.nh * self.d, c.hidden_size, bias=False, dtype=dtype, device=device)
+        self.q_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
+        self.k_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
+        self.rope = PartialRope(c.rotary_dim, c.rope_theta)
+
+    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [T, H], positions [T] -> q [T, nh, d], gate [T, nh*d], k, v [T, nkv, d] (normed, rotated)."""
+        query, gate = self.q_proj(x).unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
+        k = self.k_norm(self.k_proj(x).unflatten(-1, (self.nkv, self.d)))
+        v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
+        q = self.q_norm(query)
+        cos, sin = self.rope.cos_sin(positions, q.dtype)
+        return self.rope.apply(q, cos, sin), gate.flatten(-2), self.rope.apply(k, cos, sin), v
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
+        n_new, n_ctx = q.shape[0], keys.shape[1]
+        mask = None
+        if n_new > 1:
+            # Query i sees every entry held before the call plus new entries 0..i.
+            col = torch.arange(n_ctx, device=q.device)
+            row = torch.arange(n_new, device=q.device) + (n_ctx - n_new)
+            mask = col[None, :] <= row[:, None]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.nh != self.nkv
+        )
+        return out.transpose(0, 1).flatten(-2)
+
+    def prefill(self, x: Tensor, cache: KVCache, positions: Tensor) -> Tensor:
+        """x [T, H] at `positions` [T] -> [T, H]; the new keys/values are appended to `cache`."""
+        q, gate, k, v = self._project(x, positions)
+        keys, values = cache.append(k.transpose(0, 1), v.transpose(0, 1))
+        return self.o_proj(self._attend(q, keys, values) * torch.sigmoid(gate))
+
+    def decode(self, x: Tensor, caches: Sequence[KVCache], positions: Tensor) -> Tensor:
+        """One token for each of N sessions: x [N, H], positions [N] -> [N, H]; appends to each cache."""
+        q, gate, k, v = self._project(x, positions)
+        outs = []
+        for i, cache in enumerate(caches):
+            keys, values = cache.append(k[i : i + 1].transpose(0, 1), v[i : i + 1].transpose(0, 1))
+            outs.append(self._attend(q[i : i + 1], keys, values))
+        return self.o_proj(torch.cat(outs) * torch.sigmoid(gate))
