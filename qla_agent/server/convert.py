@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qla_agent.runtime.requests import ChatRequest, SamplingParams
+from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
 from qla_agent.server.settings import ServerSettings
@@ -71,18 +72,35 @@ def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id
         max_tokens=_max_tokens(body, settings),
         stop=stops,
         stop_token_ids=tuple(body.stop_token_ids or ()),
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )
+    session_id = _session_id(body.session_id, header_session_id)
+    if not body.messages and session_id is None:
+        raise ApiError(400, "messages is empty: send at least one message, or a session_id (with "
+                       "keep_messages to regenerate or edit its last turn)", param="messages")
+    if body.keep_messages is not None and session_id is None:
+        raise ApiError(400, "keep_messages trims a session's stored messages: it needs a session_id",
+                       param="keep_messages")
     request = ChatRequest(
         messages=[message_dict(m, i) for i, m in enumerate(body.messages)],
         tools=[tool_dict(t) for t in body.tools] if body.tools else None,
         sampling=sampling,
-        session_id=_session_id(body.session_id, header_session_id),
+        session_id=session_id,
         template_kwargs=template_kwargs(body.chat_template_kwargs, body.enable_thinking,
                                         body.reasoning_effort),
+        keep_messages=body.keep_messages,
+        policy=memory_policy(body.memory_policy, settings),
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return ChatPlan(request=request, model=model, stream=bool(body.stream),
                     include_usage=include_usage, tools=tools_policy)
+
+
+def memory_policy(kind: str | None, settings: ServerSettings) -> MemoryPolicy | None:
+    """The memory policy a new session gets (None: the engine's default, set from the settings)."""
+    if kind is None:
+        return None
+    return MemoryPolicy(kind=kind, sink_tokens=settings.sink_tokens, window_tokens=settings.window_tokens)
 
 
 def message_dict(message: Message, index: int) -> dict[str, Any]:
@@ -147,8 +165,6 @@ def _refuse_unsupported(body: ChatCompletionRequest) -> None:
                      "requests (with different seeds) instead")
     if body.logprobs or body.top_logprobs:
         _unsupported("logprobs", "logprobs are not supported by this server")
-    if body.logit_bias:
-        _unsupported("logit_bias", "logit_bias is not supported by this server")
     if body.response_format is not None and body.response_format.type != "text":
         _unsupported("response_format", f"response_format {body.response_format.type!r} is not "
                      "supported; ask for JSON in the prompt or use a tool with a JSON schema")

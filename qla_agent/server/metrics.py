@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from qla_agent.runtime.requests import Usage
@@ -14,10 +16,11 @@ from qla_agent.runtime.requests import Usage
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000)
-_ENGINE_GAUGES = {
+_TOP_LEVEL = {
     "live_sessions": "Sessions the engine holds (in memory or on disk).",
-    "state_bytes": "Bytes of session state (recurrent, conv and KV) the engine holds.",
+    "state_bytes": "Bytes of session state (live states and checkpoints) in memory.",
 }
+_LEVELS = frozenset({"running_requests", "waiting_requests", "loaded_sessions"})
 
 
 class ServerMetrics:
@@ -63,16 +66,24 @@ class ServerMetrics:
 
 
 class _EngineCollector(Collector):
-    """Reads the engine's live counters (`engine.stats()`) each time /metrics is scraped."""
+    """Reads `engine.stats()` at each scrape: live sessions and state bytes as `qla_<name>`, the
+    engine's other counters as `qla_engine_<name>` (gauges for levels, counters for running totals)."""
 
     def __init__(self, stats: Callable[[], Any]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        values = _as_mapping(self._stats())
-        for name, help_text in _ENGINE_GAUGES.items():
-            if name in values:
-                yield GaugeMetricFamily(f"qla_{name}", help_text, value=float(values[name]))
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for name, value in _as_mapping(self._stats()).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if name in _TOP_LEVEL:
+                yield GaugeMetricFamily(f"qla_{name}", _TOP_LEVEL[name], value=float(value))
+            elif name in _LEVELS:
+                yield GaugeMetricFamily(f"qla_engine_{name}", f"Engine {name.replace('_', ' ')} now.",
+                                        value=float(value))
+            else:
+                yield CounterMetricFamily(f"qla_engine_{name}", f"Engine {name.replace('_', ' ')} since start.",
+                                          value=float(value))
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
@@ -81,6 +92,6 @@ class _EngineCollector(Collector):
 def _as_mapping(stats: Any) -> Mapping[str, Any]:
     if isinstance(stats, Mapping):
         return stats
-    if hasattr(stats, "__dataclass_fields__"):
-        return {name: getattr(stats, name) for name in stats.__dataclass_fields__}
+    if dataclasses.is_dataclass(stats):
+        return {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
     return {}

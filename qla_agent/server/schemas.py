@@ -19,7 +19,7 @@ _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 def valid_session_id(value: str) -> bool:
     """Whether a string can name a session: letters, digits, '_', '-', '.'; at most 128."""
-    return bool(_SESSION_ID.match(value))
+    return bool(_SESSION_ID.match(value)) and ".." not in value
 
 
 class Wire(BaseModel):
@@ -117,7 +117,7 @@ class ResponseFormat(Wire):
 class ChatCompletionRequest(Wire):
     """POST /v1/chat/completions."""
 
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(default_factory=list, max_length=100_000)
     model: str | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -141,10 +141,12 @@ class ChatCompletionRequest(Wire):
     enable_thinking: bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     session_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
+    keep_messages: int | None = Field(default=None, ge=0)
+    memory_policy: Literal["full", "bounded"] | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=1024)
     # Accepted so any official client works; refused with a 400 in convert.py when they ask for
     # something this server cannot do.
     functions: list[Any] | None = None
@@ -175,12 +177,30 @@ class ChatCompletionRequest(Wire):
             raise ValueError("stop sequences must not be empty strings")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias key {key[:40]!r} is not a token id (a non-negative integer)")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias for token {key} is {bias}; use -100 to 100")
+        return value
+
 
 class CreateSession(Wire):
-    """POST /v1/sessions: an empty session, optionally primed with messages and tools."""
+    """POST /v1/sessions: a new session, optionally holding messages (prefilled by its first request)."""
 
+    id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
     messages: list[Message] = Field(default_factory=list)
     tools: list[Tool] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: bool | None = None
     memory_policy: Literal["full", "bounded"] | None = None
-    model: str | None = None
+
+
+class ForkSession(Wire):
+    """POST /v1/sessions/{id}/fork: a copy of the whole session, or of its first `at_message` messages."""
+
+    id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
+    at_message: int | None = Field(default=None, ge=0)

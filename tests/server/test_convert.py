@@ -111,6 +111,19 @@ def test_refusals_name_the_parameter(body, status, param):
     assert (err.status, err.param) == (status, param)
 
 
+def test_session_extensions():
+    out = plan(session_id="s1", messages=[], keep_messages=2, memory_policy="bounded")
+    assert (out.request.messages, out.request.keep_messages) == ([], 2)
+    assert (out.request.policy.kind, out.request.policy.window_tokens) == ("bounded", SETTINGS.window_tokens)
+    assert plan().request.policy is None
+    assert api_error(messages=[]).param == "messages"
+    assert api_error(keep_messages=1).param == "keep_messages"
+
+
+def test_logit_bias_keys_become_token_ids():
+    assert plan(logit_bias={"5": -100, "7": 2.5}).request.sampling.logit_bias == {5: -100.0, 7: 2.5}
+
+
 def test_model_aliases_are_accepted():
     assert plan(model="alias").model == "tiny"
     assert plan(model="tiny").model == "tiny"
@@ -123,9 +136,10 @@ def test_model_aliases_are_accepted():
      "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
-    ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": "x"}], "session_id": "../etc/passwd"}, "session_id"),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 1}}, "logit_bias"),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 101}}, "logit_bias"),
 ])
 def test_schema_errors_are_422_naming_the_field(body, param):
     with pytest.raises(ValidationError) as info:

@@ -1,0 +1,71 @@
+"""`serve(settings)`: load the model (with a progress bar), build the engine, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from qla_agent.runtime.chat_template import ChatTemplate
+from qla_agent.runtime.engine import Engine, EngineSettings
+from qla_agent.runtime.loader import load_model
+from qla_agent.runtime.state import MemoryPolicy
+from qla_agent.runtime.tokenizer import Tokenizer
+from qla_agent.server.app import create_app
+from qla_agent.server.settings import ServerSettings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "configs" / "default"
+
+
+def build_engine(settings: ServerSettings, *, progress: bool = True) -> Engine:
+    """Load the model, tokenizer and template named by the settings and wrap them in an Engine."""
+    source = settings.model or str(DEFAULT_MODEL_DIR)
+    model = load_model(source, device=settings.device, dtype=settings.dtype, progress=progress)
+    engine_settings = EngineSettings(
+        model_id=settings.served_model_name or _repo_id(settings.model),
+        sessions_dir=settings.sessions_dir,
+        default_policy=MemoryPolicy(kind=settings.memory_policy, sink_tokens=settings.sink_tokens,
+                                    window_tokens=settings.window_tokens),
+    )
+    return Engine(model, Tokenizer.from_dir(model.model_dir), ChatTemplate.from_dir(model.model_dir),
+                  settings=engine_settings)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one), with a clear error when taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise SettingsError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port "
+                            "or --host") from e
+    sock.listen(128)
+    return sock
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server until interrupted; prints the URL it listens on."""
+    console = Console(stderr=True)
+    sock = bind_socket(settings.host, settings.port)
+    engine = build_engine(settings)
+    app = create_app(settings, engine)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"qla-agent serving [bold]{engine.model_id}[/bold] on http://{shown}:{port}/v1 "
+                  f"(sessions in {settings.sessions_dir}{', API key required' if settings.api_key else ''})")
+    config = uvicorn.Config(app, log_level=settings.log_level, lifespan="on", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _repo_id(model: str | None) -> str | None:
+    """A Hugging Face repo id names the model better than its snapshot folder (a commit hash)."""
+    if model is None or Path(model).expanduser().exists():
+        return None
+    return model

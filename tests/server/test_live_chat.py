@@ -1,0 +1,171 @@
+"""The real server driven by the official `openai` client: completions, streaming, reasoning, tools, sessions.
+
+The tiny model is random, so it never emits a tool call by itself: these tests check that whatever it
+generated (read back raw from the session) is exactly what the real parser makes of it, and that a
+tool call plus its result sent by the client goes into the session.
+"""
+
+import httpx
+import openai
+import pytest
+
+from qla_agent.tools.parsers import parser_for
+from tests.server.live import MODEL_ID
+
+NO_THINK = {"enable_thinking": False}
+# Under these the Qwen3.5 template renders history append-only, so a turn resumes where the last ended.
+APPEND_ONLY = {"chat_template_kwargs": {"enable_thinking": False, "preserve_thinking": True}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120) as c:
+        yield c
+
+
+def session(server, session_id):
+    response = httpx.get(f"{server.v1}/sessions/{session_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def raw_answer(server, session_id):
+    """The raw completion text the engine stored as the session's last (assistant) message."""
+    last = session(server, session_id)["messages"][-1]
+    assert last["role"] == "assistant"
+    return last["content"]
+
+
+def streamed(client, **kwargs):
+    """Run a streamed request; return the reassembled message parts, finish reason, usage, session id."""
+    parts = {"content": "", "reasoning_content": "", "tool_calls": {}}
+    finish, usage, session_id, roles = None, None, None, []
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        session_id = chunk.model_extra.get("session_id", session_id)
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            roles += [choice.delta.role] if choice.delta.role else []
+            parts["content"] += choice.delta.content or ""
+            parts["reasoning_content"] += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+            for call in choice.delta.tool_calls or []:
+                slot = parts["tool_calls"].setdefault(call.index, {"name": "", "arguments": ""})
+                slot["name"] += call.function.name or ""
+                slot["arguments"] += call.function.arguments or ""
+    assert roles == ["assistant"]
+    return parts, finish, usage, session_id
+
+
+def test_plain_completion(server, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Hello there"}], max_tokens=6, temperature=0,
+        extra_body=NO_THINK)
+    out = raw.parse()
+    session_id = out.model_extra["session_id"]
+    assert raw.headers["x-session-id"] == session_id
+    assert out.id.startswith("chatcmpl-") and out.object == "chat.completion" and out.model == MODEL_ID
+    choice = out.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= out.usage.completion_tokens <= 6
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    ref = parser_for(None, None, starts_in_reasoning=False).parse(raw_answer(server, session_id))
+    assert choice.message.content == ref.content
+    assert choice.message.tool_calls is None
+    assert "reasoning_content" not in choice.message.model_extra
+
+
+def test_stream_equals_plain_and_reuses_the_prompt(client):
+    kwargs = dict(model=MODEL_ID, messages=[{"role": "system", "content": "Be short."},
+                                            {"role": "user", "content": "Count to three"}],
+                  max_tokens=6, temperature=0, extra_body=NO_THINK)
+    ref = client.chat.completions.create(**kwargs)
+    out, finish, usage, session_id = streamed(client, stream_options={"include_usage": True}, **kwargs)
+    assert out["content"] == ref.choices[0].message.content
+    assert finish == ref.choices[0].finish_reason
+    assert usage.completion_tokens == ref.usage.completion_tokens
+    assert usage.prompt_tokens == ref.usage.prompt_tokens
+    # The same prompt again resumes from the first request's checkpoint.
+    assert usage.prompt_tokens_details.cached_tokens > 0
+    assert session_id is not None
+
+
+def test_thinking_on_returns_reasoning_content(server, client):
+    out = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Think about it"}],
+                                         max_tokens=6, temperature=0, extra_body={"enable_thinking": True})
+    raw = raw_answer(server, out.model_extra["session_id"])
+    ref = parser_for(None, None, starts_in_reasoning=True).parse(raw)
+    assert ref.reasoning_content, "a random model writes text inside the open <think>"
+    assert out.choices[0].message.model_extra["reasoning_content"] == ref.reasoning_content
+    assert (out.choices[0].message.content or "") == ref.content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_tools_answer_is_the_parsers_reading_of_the_output(server, client, stream):
+    kwargs = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER],
+                  max_tokens=8, temperature=0, extra_body=NO_THINK)
+    if stream:
+        parts, finish, _, session_id = streamed(client, **kwargs)
+        content = parts["content"]
+        calls = [(c["name"], c["arguments"]) for _, c in sorted(parts["tool_calls"].items())]
+    else:
+        out = client.chat.completions.create(**kwargs)
+        session_id, finish = out.model_extra["session_id"], out.choices[0].finish_reason
+        content = out.choices[0].message.content or ""
+        calls = [(c.function.name, c.function.arguments) for c in out.choices[0].message.tool_calls or []]
+    ref = parser_for("qwen_xml", [WEATHER], starts_in_reasoning=False).parse(raw_answer(server, session_id))
+    assert content == ref.content
+    assert calls == [(c.name, c.arguments) for c in ref.tool_calls]
+    assert finish == ("tool_calls" if ref.tool_calls else finish)
+
+
+def test_tool_call_and_result_go_into_the_session(server, client):
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    out = client.chat.completions.create(model=MODEL_ID, messages=history, tools=[WEATHER], max_tokens=4,
+                                         temperature=0, extra_body=NO_THINK)
+    stored = session(server, out.model_extra["session_id"])
+    assert stored["messages"][1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert stored["messages"][2] == {"role": "tool", "content": "sunny, 21 C", "tool_call_id": "call_1"}
+    assert stored["tools"][0]["function"]["name"] == "get_weather"
+    assert stored["n_messages"] == 4
+
+
+def digit_bias(tiny):
+    """Logit bias allowing only digits and <|im_end|>: digits re-tokenize to the tokens sampled, so the
+    session's history renders to exactly the tokens its state consumed."""
+    ids = [tiny.tokenizer.encode(str(d))[0] for d in range(10)] + [tiny.tokenizer.token_id("<|im_end|>")]
+    return {str(i): 100 for i in ids}
+
+
+def test_session_continues_with_only_new_messages(server, client, tiny):
+    first = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "My name is Ada"}],
+                                           max_tokens=4, temperature=0, logit_bias=digit_bias(tiny),
+                                           extra_body=APPEND_ONLY)
+    session_id = first.model_extra["session_id"]
+    second = client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "What is my name?"}], max_tokens=4, temperature=0,
+        extra_body={"session_id": session_id})
+    assert second.model_extra["session_id"] == session_id
+    assert first.choices[0].message.content.isdigit()
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    third = client.chat.completions.with_raw_response.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Bye"}], max_tokens=4, temperature=0,
+        extra_headers={"X-Session-Id": session_id})
+    assert third.headers["x-session-id"] == session_id
+    stored = session(server, session_id)
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"] * 3
+    assert [m["content"] for m in stored["messages"][::2]] == ["My name is Ada", "What is my name?", "Bye"]
+
+
+def test_models_and_health(server, client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    health = httpx.get(server.url + "/health", timeout=10)
+    assert health.json()["status"] == "ok"
