@@ -195,7 +195,7 @@ def to_bytes(session: Session, *, fingerprint: str) -> bytes:
     return safetensors.torch.save(tensors, metadata=header)
 
 
-def _header_of_bytes(data: bytes) -> dict[str, str] | None:
+def header_of_bytes(data: bytes) -> dict[str, str] | None:
     """The `__metadata__` of a safetensors blob (None if it is not one)."""
     if len(data) < 8:
         return None
@@ -210,7 +210,7 @@ def _header_of_bytes(data: bytes) -> dict[str, str] | None:
 
 def from_bytes(data: bytes, *, fingerprint: str, device: torch.device | str) -> Session:
     """Inverse of `to_bytes`."""
-    header = _header_of_bytes(data)
+    header = header_of_bytes(data)
     _meta(header, source="the imported data", fingerprint=fingerprint)
     try:
         tensors = safetensors.torch.load(data)
