@@ -21,7 +21,7 @@ async def read_model(request: Request, model: type[M], *, allow_empty: bool = Fa
             raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
         raw = b"{}"
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ApiError(400, f"the request body is not UTF-8 ({e.reason} at byte {e.start})",
                        code="invalid_json") from e

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from qla_agent.runtime.requests import Event, Finished, TextDelta
 from qla_agent.server.body import read_model
-from qla_agent.server.convert import ChatPlan, plan_chat
+from qla_agent.server.convert import ChatPlan, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.generation import ChatRun, until_disconnect
 from qla_agent.server.output import OutputParser, output_parser
@@ -29,8 +29,11 @@ SESSION_HEADER = "X-Session-Id"
 async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = await read_model(request, ChatCompletionRequest)
+    session_id = resolve_session_id(body, _header_session_id(request))
+    # A session's own tools and template options shape the prompt, so the parser needs them too.
+    session = await state.engine.sessions.get(session_id) if session_id is not None else None
     plan = plan_chat(body, settings=state.settings, model_id=state.engine.model_id,
-                     served_names=state.served_names, header_session_id=_header_session_id(request))
+                     served_names=state.served_names, session_id=session_id, session=session)
     parser = output_parser(state.engine, plan)
     run = ChatRun.admit(state, lambda: state.engine.chat(plan.request))
     try:
@@ -69,7 +72,7 @@ async def _collect(run: ChatRun, plan: ChatPlan, parser: OutputParser) -> JSONRe
 
 def completion_body(finished: Finished, plan: ChatPlan, parser: OutputParser) -> dict[str, Any]:
     """The chat.completion object for a finished generation: parsed, filtered by the tool policy."""
-    calls = CallFilter(plan.tools)
+    calls = CallFilter(plan.policy)
     message = calls.message(parser.parse(finished.text))
     reason = finish_reason(finished, has_calls=calls.kept > 0)
     return Completion(model=plan.model, session_id=finished.session_id).response(message, finished, reason)
@@ -78,7 +81,7 @@ def completion_body(finished: Finished, plan: ChatPlan, parser: OutputParser) ->
 async def stream_chunks(events: AsyncIterable[Event], plan: ChatPlan, parser: OutputParser) -> AsyncIterator[bytes]:
     """SSE chunks: the role, then content/reasoning/tool-call deltas, the finish reason, usage, [DONE]."""
     completion = Completion(model=plan.model, session_id=plan.request.session_id)
-    calls = CallFilter(plan.tools)
+    calls = CallFilter(plan.policy)
     usage_field = plan.include_usage
     yield completion.chunk({"role": "assistant", "content": ""}, with_usage_field=usage_field)
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from qla_agent.runtime.requests import ChatRequest, SamplingParams
+from qla_agent.runtime.sessions import SessionInfo
 from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
@@ -44,22 +45,34 @@ class ToolPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ChatPlan:
-    """One validated chat completion: the engine request plus how to shape the answer."""
+    """One validated chat completion: the engine request plus how to shape the answer.
+
+    `tools` and `template_kwargs` are what the prompt is rendered with: the request's, or for a
+    session the session's own tools (when the request sends none) and options updated by the request's.
+    """
 
     request: ChatRequest
     model: str
     stream: bool
     include_usage: bool
-    tools: ToolPolicy
+    policy: ToolPolicy
+    tools: list[dict[str, Any]] | None
+    template_kwargs: dict[str, Any]
 
 
 def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id: str,
-              served_names: tuple[str, ...], header_session_id: str | None) -> ChatPlan:
-    """Check a chat request against the server's limits and build the engine's ChatRequest."""
+              served_names: tuple[str, ...], session_id: str | None = None,
+              session: SessionInfo | None = None) -> ChatPlan:
+    """Check a chat request against the server's limits and build the engine's ChatRequest.
+
+    `session_id` is the resolved id (see `resolve_session_id`), `session` that session's current info.
+    """
     _refuse_unsupported(body)
     model = _check_model(body.model, model_id, served_names)
-    tools_policy = _tool_policy(body)
-    stops = _stops(body, tools_policy)
+    request_tools = [tool_dict(t) for t in body.tools] if body.tools else None
+    tools = request_tools if request_tools is not None or session is None else _session_tools(session)
+    policy = _tool_policy(body, tools)
+    stops = _stops(body, policy, tools)
     sampling = SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -74,26 +87,34 @@ def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id
         stop_token_ids=tuple(body.stop_token_ids or ()),
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )
-    session_id = _session_id(body.session_id, header_session_id)
     if not body.messages and session_id is None:
         raise ApiError(400, "messages is empty: send at least one message, or a session_id (with "
                        "keep_messages to regenerate or edit its last turn)", param="messages")
     if body.keep_messages is not None and session_id is None:
         raise ApiError(400, "keep_messages trims a session's stored messages: it needs a session_id",
                        param="keep_messages")
+    kwargs = template_kwargs(body.chat_template_kwargs, body.enable_thinking, body.reasoning_effort)
     request = ChatRequest(
         messages=[message_dict(m, i) for i, m in enumerate(body.messages)],
-        tools=[tool_dict(t) for t in body.tools] if body.tools else None,
+        tools=request_tools,
         sampling=sampling,
         session_id=session_id,
-        template_kwargs=template_kwargs(body.chat_template_kwargs, body.enable_thinking,
-                                        body.reasoning_effort),
+        template_kwargs=kwargs,
         keep_messages=body.keep_messages,
         policy=memory_policy(body.memory_policy, settings),
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ChatPlan(request=request, model=model, stream=bool(body.stream),
-                    include_usage=include_usage, tools=tools_policy)
+    effective_kwargs = {**(session.template_kwargs if session is not None else {}), **kwargs}
+    return ChatPlan(request=request, model=model, stream=bool(body.stream), include_usage=include_usage,
+                    policy=policy, tools=tools, template_kwargs=effective_kwargs)
+
+
+def resolve_session_id(body: ChatCompletionRequest, header_id: str | None) -> str | None:
+    """The session a request continues: `session_id` in the body or the X-Session-Id header."""
+    if header_id is not None and body.session_id is not None and header_id != body.session_id:
+        raise ApiError(400, f"session_id {body.session_id!r} in the body and X-Session-Id {header_id!r} "
+                       "differ; send one of them", param="session_id")
+    return body.session_id if body.session_id is not None else header_id
 
 
 def memory_policy(kind: str | None, settings: ServerSettings) -> MemoryPolicy | None:
@@ -189,8 +210,12 @@ def _check_model(requested: str | None, model_id: str, served_names: tuple[str, 
                    param="model", code="model_not_found")
 
 
-def _tool_policy(body: ChatCompletionRequest) -> ToolPolicy:
-    names = [t.function.name for t in body.tools or []]
+def _session_tools(session: SessionInfo) -> list[dict[str, Any]] | None:
+    return None if session.tools is None else [dict(t) for t in session.tools]
+
+
+def _tool_policy(body: ChatCompletionRequest, tools: list[dict[str, Any]] | None) -> ToolPolicy:
+    names = [t.get("function", {}).get("name") for t in tools or []]
     if len(set(names)) != len(names):
         raise ApiError(400, f"tools define the same function name twice: {names}", param="tools")
     parallel = body.parallel_tool_calls is not False
@@ -207,9 +232,9 @@ def _tool_policy(body: ChatCompletionRequest) -> ToolPolicy:
     return ToolPolicy(choice or "auto", None, parallel)
 
 
-def _stops(body: ChatCompletionRequest, policy: ToolPolicy) -> tuple[str, ...]:
+def _stops(body: ChatCompletionRequest, policy: ToolPolicy, tools: list[dict[str, Any]] | None) -> tuple[str, ...]:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if policy.mode == "none" and body.tools:
+    if policy.mode == "none" and tools:
         stops.append(TOOL_CALL_OPEN)
     return tuple(stops)
 
@@ -217,16 +242,9 @@ def _stops(body: ChatCompletionRequest, policy: ToolPolicy) -> tuple[str, ...]:
 def _max_tokens(body: ChatCompletionRequest, settings: ServerSettings) -> int:
     asked = body.max_completion_tokens or body.max_tokens
     if asked is None:
-        return settings.default_max_tokens
+        return min(settings.default_max_tokens, settings.max_tokens)
     if asked > settings.max_tokens:
         field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         raise ApiError(400, f"{field}={asked} exceeds this server's limit of {settings.max_tokens}; "
                        "ask for fewer or start the server with a larger --max-tokens", param=field)
     return asked
-
-
-def _session_id(body_id: str | None, header_id: str | None) -> str | None:
-    if header_id is not None and body_id is not None and header_id != body_id:
-        raise ApiError(400, f"session_id {body_id!r} in the body and X-Session-Id {header_id!r} "
-                       "differ; send one of them", param="session_id")
-    return body_id if body_id is not None else header_id

@@ -82,6 +82,10 @@ def install_error_handler(app: FastAPI) -> None:
     """Register the one handler for every exception class the app can raise."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code in (404, 405):
+            verb = "is not a route of this server" if exc.status_code == 404 else "does not take this method"
+            exc = ApiError(exc.status_code, f"{request.method} {request.url.path} {verb}; see GET /docs",
+                           code=_http_code(exc.status_code), headers=dict(exc.headers or {}))
         return error_response(exc)
 
     for exc_class in (Exception, QlaError, RequestValidationError, ValidationError, StarletteHTTPException):

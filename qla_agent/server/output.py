@@ -42,10 +42,10 @@ class RequestParser:
 
 def output_parser(engine: Any, plan: ChatPlan) -> RequestParser:
     """The parser for a planned request: tool calls only when the policy parses them."""
-    tool_format = engine.tool_format if plan.tools.parse else None
-    kwargs = plan.request.template_kwargs
-    starts = starts_in_reasoning(engine.template, json.dumps(kwargs, sort_keys=True, default=str))
-    return RequestParser(tool_format, plan.request.tools, starts_in_reasoning=starts)
+    tool_format = engine.tool_format if plan.policy.parse else None
+    kwargs_json = json.dumps(plan.template_kwargs, sort_keys=True, default=str)
+    starts = starts_in_reasoning(engine.template, kwargs_json)
+    return RequestParser(tool_format, plan.tools, starts_in_reasoning=starts)
 
 
 @lru_cache(maxsize=64)

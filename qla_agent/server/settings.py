@@ -64,9 +64,6 @@ class ServerSettings:
             raise SettingsError(f"sink_tokens {self.sink_tokens} is negative; use 0 or more")
         if self.memory_policy not in ("full", "bounded"):
             raise SettingsError(f"memory_policy {self.memory_policy!r} is unknown; use 'full' or 'bounded'")
-        if self.default_max_tokens > self.max_tokens:
-            raise SettingsError(f"default_max_tokens {self.default_max_tokens} exceeds max_tokens "
-                                f"{self.max_tokens}; lower it or raise max_tokens")
         if self.api_key is not None and not self.api_key.strip():
             raise SettingsError("api_key is empty; unset QLA_API_KEY or give a real key")
         if "*" in self.cors_origins and self.api_key is None:

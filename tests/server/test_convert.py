@@ -3,7 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from qla_agent.server.convert import plan_chat
+from qla_agent.runtime.sessions import SessionInfo
+from qla_agent.runtime.state import MemoryPolicy
+from qla_agent.server.convert import plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.schemas import ChatCompletionRequest
 from qla_agent.server.settings import ServerSettings
@@ -14,11 +16,11 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 TIME = {"type": "function", "function": {"name": "get_time"}}
 
 
-def plan(header_session_id=None, **body):
+def plan(header_session_id=None, session=None, **body):
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
     request = ChatCompletionRequest.model_validate(body)
     return plan_chat(request, settings=SETTINGS, model_id="tiny", served_names=("alias",),
-                     header_session_id=header_session_id)
+                     session_id=resolve_session_id(request, header_session_id), session=session)
 
 
 def api_error(**body) -> ApiError:
@@ -36,6 +38,9 @@ def test_sampling_and_defaults():
     assert (s.presence_penalty, s.repetition_penalty) == (0.5, 1.1)
     assert plan().request.sampling.max_tokens == SETTINGS.default_max_tokens
     assert plan(max_tokens=9, max_completion_tokens=4).request.sampling.max_tokens == 4
+    small = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}]})
+    out = plan_chat(small, settings=ServerSettings(max_tokens=8), model_id="tiny", served_names=())
+    assert out.request.sampling.max_tokens == 8
 
 
 def test_messages_become_template_dicts():
@@ -71,19 +76,38 @@ def test_thinking_switches_reach_the_template():
 
 
 def test_tool_policy():
-    assert plan(tools=[WEATHER]).tools.mode == "auto"
-    assert plan().tools.mode == "none"
+    assert plan(tools=[WEATHER]).policy.mode == "auto"
+    assert plan().policy.mode == "none"
     named = plan(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_time"}},
-                 parallel_tool_calls=False).tools
+                 parallel_tool_calls=False).policy
     assert (named.mode, named.name, named.parallel) == ("named", "get_time", False)
     none = plan(tools=[WEATHER], tool_choice="none", stop=["x"])
-    assert none.tools.mode == "none"
+    assert none.policy.mode == "none"
     assert none.request.sampling.stop == ("x", "<tool_call>")
     assert none.request.tools == [WEATHER]
     assert api_error(tool_choice="required").param == "tool_choice"
     assert "not among the tools" in api_error(
         tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}).message
     assert "same function name twice" in api_error(tools=[WEATHER, WEATHER]).message
+
+
+def session_info(tools, kwargs):
+    return SessionInfo(id="s1", model_id="tiny", policy=MemoryPolicy(), n_tokens=0, messages=(), tools=tools,
+                       template_kwargs=kwargs, checkpoints=(), live_digest=b"", state_bytes=0, location="cpu",
+                       busy=False, implicit=False, created=0.0, updated=0.0)
+
+
+def test_a_session_lends_its_tools_and_options():
+    info = session_info((WEATHER,), {"enable_thinking": False, "preserve_thinking": True})
+    out = plan(session=info, session_id="s1", enable_thinking=True)
+    assert (out.policy.mode, out.tools, out.request.tools) == ("auto", [WEATHER], None)
+    assert out.template_kwargs == {"enable_thinking": True, "preserve_thinking": True}
+    assert out.request.template_kwargs == {"enable_thinking": True}
+    replaced = plan(session=info, session_id="s1", tools=[TIME])
+    assert (replaced.tools, replaced.request.tools) == ([TIME], [TIME])
+    assert plan(session=session_info(None, {}), session_id="s1").policy.mode == "none"
+    named = plan(session=info, session_id="s1", tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert named.policy.name == "get_weather"
 
 
 def test_session_id_from_body_or_header():

@@ -36,13 +36,12 @@ def make_plan(**body):
     body.setdefault("messages", [{"role": "user", "content": "weather?"}])
     body.setdefault("tools", [WEATHER, TIME])
     request = ChatCompletionRequest.model_validate(body)
-    return plan_chat(request, settings=ServerSettings(), model_id="tiny", served_names=(),
-                     header_session_id=None)
+    return plan_chat(request, settings=ServerSettings(), model_id="tiny", served_names=())
 
 
 def parser(plan, tool_format, starts_in_reasoning):
-    fmt = tool_format if plan.tools.parse else None
-    return RequestParser(fmt, plan.request.tools, starts_in_reasoning=starts_in_reasoning)
+    fmt = tool_format if plan.policy.parse else None
+    return RequestParser(fmt, plan.tools, starts_in_reasoning=starts_in_reasoning)
 
 
 def stream(plan, fmt, text, *, step, reason="stop", reasoning=True):
