@@ -62,6 +62,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     pad_token_id: int | None = None
     dtype: str | None = None
+    # quantization_config.quant_method (e.g. "fp8"), None for plain bf16/fp16/fp32 weights.
+    quantization: str | None = None
 
     @property
     def linear_key_dim(self) -> int:
@@ -227,6 +229,7 @@ def _parse(raw: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         bos_token_id=text.get("bos_token_id", raw.get("bos_token_id")),
         pad_token_id=text.get("pad_token_id", raw.get("pad_token_id")),
         dtype=raw.get("dtype", raw.get("torch_dtype", text.get("dtype", text.get("torch_dtype")))),
+        quantization=(raw.get("quantization_config") or text.get("quantization_config") or {}).get("quant_method"),
     )
     _check_heads(config)
     return config

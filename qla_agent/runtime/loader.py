@@ -86,6 +86,11 @@ def load_model(
     """
     model_dir = resolve_model_dir(path_or_repo_id)
     config = ModelConfig.from_dir(model_dir)
+    if config.quantization is not None:
+        raise CheckpointError(
+            f"{model_dir} holds a {config.quantization!r}-quantized checkpoint; only bf16/fp16/fp32 weights "
+            f"load (use the unquantized release of this model)"
+        )
     # Fail on a broken folder before allocating anything.
     files = tensor_files(model_dir)
     placements = plan(config, files.keys())

@@ -167,3 +167,26 @@ def test_plan_reads_the_layout_off_the_names(qwen3_5_dir):
     vlm_names = {"model.language_model.embed_tokens.weight", "model.visual.patch_embed.proj.weight"}
     assert "model.language_model.layers.0.linear_attn.in_proj_qkv.weight" in plan(config, vlm_names)
     assert "model.layers.0.linear_attn.in_proj_qkv.weight" in plan(config, {"model.embed_tokens.weight"})
+
+
+def test_mtp_is_ignored_and_unknown_tensors_are_reported(tmp_path, qwen3_5_dir, caplog):
+    path = write_tiny_checkpoint(tmp_path, "qwen3_5", seed=1)
+    file = path / "model.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["mtp.fc.weight"] = torch.zeros(64, 128)
+    tensors["model.layers.9.mlp.up_proj.weight"] = torch.zeros(96, 64)
+    save_file(tensors, str(file))
+    with caplog.at_level("WARNING", logger="qla_agent.runtime.loader"):
+        out = _logits(path)
+    torch.testing.assert_close(out, _logits(qwen3_5_dir), rtol=0, atol=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "model.layers.9.mlp.up_proj.weight" in warnings[0] and "mtp.fc" not in warnings[0]
+
+
+def test_quantized_checkpoint_is_refused(tmp_path, qwen3_5_dir):
+    config = json.loads((qwen3_5_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="'fp8'-quantized"):
+        load_model(tmp_path, progress=False)

@@ -70,13 +70,16 @@ class GatedAttention(nn.Module):
         """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
         n_new, n_ctx = q.shape[0], keys.shape[1]
         mask = None
-        if n_new > 1:
+        # A fresh context is plainly causal: no mask tensor, so SDPA can pick its flash kernel.
+        causal = n_new > 1 and n_ctx == n_new
+        if n_new > 1 and not causal:
             # Query i sees every entry held before the call plus new entries 0..i.
             col = torch.arange(n_ctx, device=q.device)
             row = torch.arange(n_new, device=q.device) + (n_ctx - n_new)
             mask = col[None, :] <= row[:, None]
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), keys, values, attn_mask=mask, scale=self.scale, enable_gqa=self.nh != self.nkv
+            q.transpose(0, 1), keys, values, attn_mask=mask, is_causal=causal, scale=self.scale,
+            enable_gqa=self.nh != self.nkv,
         )
         return out.transpose(0, 1).flatten(-2)
 
