@@ -51,7 +51,14 @@ class Admission:
         conv = self._conversation(request, session)
         prompt = self.renderer.render(conv.messages, tools=conv.tools, template_kwargs=conv.template_kwargs)
         if session is None:
+            before = set(self.table.ids())
             session = self._stateless_session(request, prompt)
+            try:
+                self.check_context(len(prompt), session.policy)
+            except ContextOverflowError:
+                if session.id not in before:
+                    self.table.delete(session.id)
+                raise
         self.check_context(len(prompt), session.policy)
         cached = session.resume(prompt.tokens, lambda: self.model.new_state(session.policy))
         boundaries = self.renderer.boundaries(

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from qla_agent.errors import ChatTemplateError, QlaError
+from qla_agent.errors import ChatTemplateError, QlaError, SessionError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.checkpoints import common_prefix_length, token_array
 from qla_agent.runtime.requests import ChatRequest, FinishReason
@@ -98,6 +98,7 @@ class Scheduler:
             while self._inbox:
                 _, channel = self._inbox.popleft()
                 channel.put(QlaError("the engine stopped before this request started"))
+        self.table.flush()
 
     def submit(self, request: ChatRequest, channel: Channel) -> None:
         with self._wake:
@@ -227,23 +228,22 @@ class Scheduler:
             self._finish(run, run.finish_reason)
 
     def _finish(self, run: Run, reason: FinishReason) -> None:
-        """End a request: record the turn (unless cancelled), settle and save the session, tell the caller."""
+        """End a request: record the turn (unless cancelled), settle the session, save it, tell the caller.
+
+        The caller hears Finished once the session file is durable (written on the writer thread).
+        """
         self._drop(run)
         session = run.session
         if run.request.sampling.seed is None:
             session.rng_counter = run.sampler.counter
+        completed = reason in ("stop", "length")
         try:
-            if reason in ("stop", "length"):
+            if completed:
                 conv = run.conversation
                 session.messages = [*conv.messages, assistant_message(run.completion())]
                 session.tools, session.template_kwargs = conv.tools, conv.template_kwargs
                 session.updated = time.time()
-                self._settle(session)
-                self.table.save(session)
-                self.counters.requests_finished += 1
-            else:
-                self._settle(session)
-                self.counters.requests_cancelled += 1
+            self._settle(session)
         except Exception as e:
             logger.exception("settling session %s failed", session.id)
             self.admission.recover(session)
@@ -251,7 +251,14 @@ class Scheduler:
             run.channel.put(e)
             return
         session.busy = False
-        run.channel.put(run.finished(reason))
+        finished = run.finished(reason)
+        if completed:
+            self.counters.requests_finished += 1
+            self.table.save_later(session, lambda error: run.channel.put(finished if error is None else SessionError(
+                f"the answer is complete but saving session {session.id!r} failed: {error}")))
+        else:
+            self.counters.requests_cancelled += 1
+            run.channel.put(finished)
         self.admission.forget_if_empty(session)
         self.table.enforce_limits()
 

@@ -18,7 +18,7 @@ from qla_agent.errors import SessionError, SessionNotFoundError
 from qla_agent.runtime.checkpoints import prefix_digests
 from qla_agent.runtime.sessions import Session, SessionInfo, check_session_id
 from qla_agent.runtime.state import MemoryPolicy, SessionState
-from qla_agent.runtime.store import SessionStore
+from qla_agent.runtime.store import Done, SessionStore, SessionWriter
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class SessionTable:
         self.device = device
         self.new_state = new_state
         self.store = store
+        self.writer = SessionWriter(store) if store is not None else None
         self.limits = limits
         self.loaded: dict[str, Session] = {}
         # Sessions on disk not loaded yet (header only).
@@ -121,12 +122,27 @@ class SessionTable:
             raise self._not_found(session_id)
         self.loaded.pop(session_id, None)
         self.on_disk.pop(session_id, None)
-        if self.store is not None:
+        if self.store is not None and self.writer is not None:
+            # A queued write must not bring the file back after the delete.
+            self.writer.wait()
             self.store.delete(session_id)
 
     def save(self, session: Session) -> None:
-        if self.store is not None:
-            self.store.save(session)
+        """Write the session now (no-op without a sessions directory)."""
+        if self.writer is not None:
+            self.writer.save(session)
+
+    def save_later(self, session: Session, done: Done) -> None:
+        """Queue a write of the session as it is now; `done(error or None)` once durable."""
+        if self.writer is None:
+            done(None)
+        else:
+            self.writer.submit(session, done)
+
+    def flush(self) -> None:
+        """Wait for queued writes."""
+        if self.writer is not None:
+            self.writer.wait()
 
     def _checkpoint_points(self) -> list[tuple[str, float, int, int, bytes]]:
         """(session id, updated, n_tokens, n_messages, digest) of every checkpoint of every session."""
@@ -166,7 +182,7 @@ class SessionTable:
             logger.debug("moved idle session %s to CPU", session.id)
         if self.store is not None:
             for session in idle[: max(0, len(self.loaded) - self.limits.memory_sessions)]:
-                self.store.save(session)
+                self.save(session)
                 self.on_disk[session.id] = session.info(location="disk")
                 del self.loaded[session.id]
                 logger.debug("unloaded idle session %s (saved)", session.id)

@@ -109,8 +109,9 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new entries k, v [nkv, T, head_dim]; return what the T new queries attend to.
 
-        The returned keys/values are the entries held before the call followed by the T new ones
-        ([nkv, len_before + T, head_dim]), so a causal mask over the last T columns is correct.
+        That is the held entries followed by the T new ones ([nkv, L, head_dim]), so a causal mask over
+        the last T columns is correct. Exception, bounded policy with T = 1: the cache after the append
+        (sinks + last window entries, the new one included, in storage order).
         """
         if k.shape != v.shape or k.shape[0] != self._k.shape[0] or k.shape[2] != self._k.shape[2]:
             raise ValueError(f"KVCache.append got keys {tuple(k.shape)} and values {tuple(v.shape)}, "
@@ -128,8 +129,19 @@ class KVCache:
         return self._k[:, :end], self._v[:, :end]
 
     def _append_bounded(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        sink, window = self.policy.sink_tokens, self.policy.window_tokens
+        n_new = k.shape[1]
+        if n_new == 1 or self.n_seen + n_new <= sink + window:
+            # One token (needs no mask) or no eviction (storage still in token order, new entries last):
+            # store first and attend over the cache itself, without copying it.
+            self._store_bounded(k, v)
+            return self.context()
         held_k, held_v = self.context()
         ctx = (torch.cat([held_k, k], dim=1), torch.cat([held_v, v], dim=1)) if len(self) else (k, v)
+        self._store_bounded(k, v)
+        return ctx
+
+    def _store_bounded(self, k: Tensor, v: Tensor) -> None:
         sink, window = self.policy.sink_tokens, self.policy.window_tokens
         n_new = k.shape[1]
         pos = torch.arange(self.n_seen, self.n_seen + n_new, device=k.device)
@@ -140,7 +152,6 @@ class KVCache:
         self._k.index_copy_(1, slots[keep], k[:, keep])
         self._v.index_copy_(1, slots[keep], v[:, keep])
         self.n_seen += n_new
-        return ctx
 
     def _reserve(self, needed: int) -> None:
         cap = self.capacity

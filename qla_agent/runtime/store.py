@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import struct
+import threading
 import uuid
 from array import array
 from collections.abc import Callable
@@ -253,8 +255,11 @@ class SessionStore:
 
     def save(self, session: Session) -> None:
         """Write the session atomically (replacing its previous file)."""
-        tensors, header = pack(session, fingerprint=self.fingerprint)
-        atomic_write(self.path(session.id), lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header))
+        self.write_packed(session.id, *pack(session, fingerprint=self.fingerprint))
+
+    def write_packed(self, session_id: str, tensors: dict[str, Tensor], header: dict[str, str]) -> None:
+        """Write what `pack` gave atomically as the session's file."""
+        atomic_write(self.path(session_id), lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header))
 
     def write_bytes(self, session_id: str, data: bytes) -> None:
         """Store an exported blob as the session's file (atomically)."""
@@ -308,3 +313,50 @@ class SessionStore:
             except SessionError as e:
                 logger.warning("skipping %s: %s", path, e)
         return found
+
+
+Done = Callable[[BaseException | None], None]
+
+
+class SessionWriter:
+    """Writes sessions on one background thread, in submission order.
+
+    `submit` copies the session's tensors to CPU at once (so the session may change right after) and
+    calls `done(None)` once the file is durable, `done(error)` if writing failed.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[str, dict[str, Tensor], dict[str, str], Done | None]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="qla-session-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, session: Session, done: Done | None = None) -> None:
+        tensors, header = pack(session, fingerprint=self.store.fingerprint)
+        self._queue.put((session.id, tensors, header, done))
+
+    def save(self, session: Session) -> None:
+        """Write now (after every earlier submission); raises what the write raised."""
+        errors: list[BaseException] = []
+        self.submit(session, lambda e: errors.append(e) if e is not None else None)
+        self.wait()
+        if errors:
+            raise errors[0]
+
+    def wait(self) -> None:
+        """Block until every submitted write has finished."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            session_id, tensors, header, done = self._queue.get()
+            error: BaseException | None = None
+            try:
+                self.store.write_packed(session_id, tensors, header)
+            except Exception as e:
+                logger.exception("saving session %s failed", session_id)
+                error = e
+            finally:
+                self._queue.task_done()
+            if done is not None:
+                done(error)

@@ -243,6 +243,7 @@ def test_context_overflow_and_length_at_the_context_limit(tiny):
             await chat(engine, ChatRequest([long]))
         n_prompt = len(tiny.tokenizer.encode(tiny.template.render([long], add_generation_prompt=True)))
         assert f"{n_prompt - 40 + 1} tokens too many" in str(err.value)
+        assert await engine.sessions.list() == []
         short = {"role": "user", "content": "Hi"}
         _, fin = await chat(engine, ChatRequest([short], sampling=greedy(100)))
         await engine.stop()
