@@ -1,0 +1,196 @@
+"""Time the GDN prefill: our TileLang kernels vs FLA Triton vs FlashQLA, in one run on one GPU.
+
+    source .device/setup.sh && python benchmarks/kernels.py [--shapes NAME ...] [--no-flashqla] [--json PATH]
+
+Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
+q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
+median of triton's do_bench over inputs rotated so that repeated calls do not hit a warm L2. The
+roofline is max(FLOPs / 750 TFLOP/s, bytes / 3.0 TB/s) with the ceilings measured on the H100
+(../shared/device/README.md); FLOPs are the chunked form's 163,840 per token and value head.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+os.environ.setdefault("FLA_FLASH_QLA", "0")
+
+import torch  # noqa: E402
+
+MATMUL_FLOPS = 750e12
+COPY_BYTES = 3.0e12
+FLOP_PER_TOKEN_HEAD = 163_840
+ROTATE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BenchShape:
+    """Sequence lengths (more than one: packed varlen), key and value heads, with/without initial state."""
+
+    name: str
+    lens: tuple[int, ...]
+    hk: int
+    hv: int
+    h0: bool
+
+
+SHAPES = [
+    BenchShape("1x4096 16/32", (4096,), 16, 32, False),
+    BenchShape("1x16384 16/32", (16384,), 16, 32, False),
+    BenchShape("1x65536 16/32", (65536,), 16, 32, False),
+    BenchShape("1x16384 16/16", (16384,), 16, 16, False),
+    BenchShape("1x32768 4/8", (32768,), 4, 8, False),
+    BenchShape("1x32768 2/8", (32768,), 2, 8, False),
+    BenchShape("1x32768 16/64", (32768,), 16, 64, False),
+    BenchShape("8x2048 16/16 +h0", (2048,) * 8, 16, 16, True),
+    BenchShape("8x2048 16/32 +h0", (2048,) * 8, 16, 32, True),
+    BenchShape("1x1024 16/16 +h0", (1024,), 16, 16, True),
+    BenchShape("append 16 16/16 +h0", (16,), 16, 16, True),
+    BenchShape("append 64 16/16 +h0", (64,), 16, 16, True),
+    BenchShape("append 256 16/16 +h0", (256,), 16, 16, True),
+    BenchShape("append 1024 16/32 +h0", (1024,), 16, 32, True),
+]
+
+
+def make_inputs(shape: BenchShape, device: torch.device, seed: int) -> dict:
+    """One input set for `shape` (B = 1; cu_seqlens when several sequences)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = sum(shape.lens)
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen, device=device)
+
+    x = {
+        "q": randn(1, total, shape.hk, 128).bfloat16(),
+        "k": randn(1, total, shape.hk, 128).bfloat16(),
+        "v": randn(1, total, shape.hv, 128).bfloat16(),
+        "g": torch.nn.functional.logsigmoid(randn(1, total, shape.hv)) / 16,
+        "beta": torch.sigmoid(randn(1, total, shape.hv)),
+        "initial_state": randn(len(shape.lens), shape.hv, 128, 128) if shape.h0 else None,
+        "cu_seqlens": None,
+    }
+    if len(shape.lens) > 1:
+        offsets = [0]
+        for n in shape.lens:
+            offsets.append(offsets[-1] + n)
+        x["cu_seqlens"] = torch.tensor(offsets, dtype=torch.int32, device=device)
+    return x
+
+
+def input_sets(shape: BenchShape, device: torch.device) -> list[dict]:
+    """Enough input sets that cycling through them streams ~256 MB (at most 16 sets)."""
+    total = sum(shape.lens)
+    per_set = total * (2 * shape.hk * 256 + shape.hv * 256 + 8 * shape.hv) + (shape.h0 * len(shape.lens) * shape.hv * 65536)
+    count = max(1, min(16, math.ceil(ROTATE_BYTES / per_set)))
+    return [make_inputs(shape, device, seed) for seed in range(count)]
+
+
+VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
+
+
+def ours(block_v: int | None):
+    """Our prefill as fn(inputs), optionally with a forced state-slice width."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    return lambda x: gdn_prefill(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["initial_state"],
+        cu_seqlens=x["cu_seqlens"], use_qk_l2norm=True, block_v=block_v,
+    )
+
+
+def runners(no_flashqla: bool) -> dict:
+    """name -> fn(inputs) for every implementation that imports here."""
+    out = {"ours": ours(None)}
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
+
+    out["fla"] = lambda x: fla_chunk(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["initial_state"], output_final_state=True,
+        cu_seqlens=None if x["cu_seqlens"] is None else x["cu_seqlens"].long(), use_qk_l2norm_in_kernel=True,
+    )
+    if not no_flashqla and torch.cuda.get_device_capability()[0] >= 9:
+        import flash_qla
+
+        out["flashqla"] = lambda x: flash_qla.chunk_gated_delta_rule(
+            x["q"], x["k"], x["v"], x["g"], x["beta"], scale=128**-0.5, initial_state=x["initial_state"],
+            output_final_state=True, cu_seqlens=None if x["cu_seqlens"] is None else x["cu_seqlens"].long(),
+            use_qk_l2norm_in_kernel=True,
+        )
+    return out
+
+
+def roofline_ms(shape: BenchShape) -> float:
+    """max(compute, memory) floor in ms for one forward call."""
+    token_heads = sum(shape.lens) * shape.hv
+    flops = token_heads * FLOP_PER_TOKEN_HEAD
+    bytes_moved = token_heads * (520 + 512 * shape.hk / shape.hv) + len(shape.lens) * shape.hv * 65536 * (1 + shape.h0)
+    return 1e3 * max(flops / MATMUL_FLOPS, bytes_moved / COPY_BYTES)
+
+
+def time_shape(shape: BenchShape, fns: dict, variants: list[int]) -> dict:
+    """Median ms per implementation, and our max relative deviation from FLA on the first input set."""
+    import triton
+
+    sets = input_sets(shape, torch.device("cuda"))
+    row = {"shape": shape.name, "roofline_ms": roofline_ms(shape)}
+    ref = fns["fla"](sets[0])[0].float()
+    mine = fns["ours"](sets[0])[0].float()
+    row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+    if shape.name in VARIANT_SHAPES:
+        fns = {**fns, **{f"ours_bv{bv}": ours(bv) for bv in variants}}
+    for name, fn in fns.items():
+        state = {"i": 0}
+
+        def call(fn=fn, state=state) -> None:
+            fn(sets[state["i"] % len(sets)])
+            state["i"] += 1
+
+        row[name] = triton.testing.do_bench(call, warmup=50, rep=200, return_mode="median")
+    return row
+
+
+def format_table(rows: list[dict], card: str) -> str:
+    """Markdown table: times, speedups over FLA and FlashQLA, and our % of the roofline."""
+    lines = [
+        f"card: {card}",
+        "| shape | ours ms | FLA ms | FlashQLA ms | FLA/ours | FQ/ours | ours % roof | max|ours-FLA|/max|FLA| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fq = r.get("flashqla")
+        fq_ms, fq_ratio = ("-", "-") if fq is None else (f"{fq:.3f}", f"{fq / r['ours']:.2f}")
+        lines.append(
+            f"| {r['shape']} | {r['ours']:.3f} | {r['fla']:.3f} | {fq_ms} | {r['fla'] / r['ours']:.2f} | {fq_ratio} | "
+            f"{100 * r['roofline_ms'] / r['ours']:.0f}% | {r['ours_vs_fla']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
+    parser.add_argument("--no-flashqla", action="store_true")
+    parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--variants", default="", help="comma-separated block_v values to time on VARIANT_SHAPES")
+    args = parser.parse_args()
+    shapes = [s for s in SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
+    fns = runners(args.no_flashqla)
+    variants = [int(v) for v in args.variants.split(",") if v]
+    rows = []
+    for shape in shapes:
+        rows.append(time_shape(shape, fns, variants))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"card": torch.cuda.get_device_name(), "rows": rows, "shapes": [asdict(s) for s in shapes]}, f)
+    for r in rows:
+        extra = {k: round(v, 4) for k, v in r.items() if k.startswith("ours_bv")}
+        if extra:
+            print(f"variants {r['shape']}: {extra}")
+    print(format_table(rows, torch.cuda.get_device_name()))
+
+
+if __name__ == "__main__":
+    main()

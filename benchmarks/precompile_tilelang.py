@@ -1,0 +1,82 @@
+"""Compile every TileLang kernel the GPU tests and benchmarks will ask for, into TILELANG_CACHE_DIR.
+
+    TILELANG_CACHE_DIR=.tlcache python benchmarks/precompile_tilelang.py [--arch sm_90a] [--jobs 2]
+
+Runs on a machine without a GPU (nvcc is enough). The cache keys depend only on the kernel source,
+the target and the TileLang build, so carrying the folder to the GPU machine (same TileLang bundle)
+skips compilation there. The configs come from the same `prefill_configs` the launcher uses.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from benchmarks.kernels import SHAPES, VARIANT_SHAPES  # noqa: E402
+from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan  # noqa: E402
+from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
+from tests.kernels.test_tilelang_prefill import CASES  # noqa: E402
+
+logger = logging.getLogger(__name__)
+H100_SMS = 132
+
+
+def wanted_configs(arch: str, variants: tuple[int, ...] = ()) -> list:
+    """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
+    common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS, gate_dtype=torch.float32)
+    calls = [
+        dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, raw_gates=c.raw_gates, l2norm=c.l2norm,
+             varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht, num_seqs=len(c.lens) if c.lens else c.shape.B)
+        for c in CASES
+    ]
+    calls.append(dict(key_heads=2, value_heads=4, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
+                      has_h0=True, store_ht=True, num_seqs=1))
+    calls.append(dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
+                      has_h0=True, store_ht=True, num_seqs=1))
+    calls += [
+        dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
+             varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
+        for s in SHAPES
+    ]
+    pairs = []
+    for call in calls:
+        prep, scan = prefill_configs(**call, **common)
+        pairs += [(chunk_prep.program, prep), (chunk_scan.program, scan)]
+    for s in SHAPES:
+        if s.name in VARIANT_SHAPES:
+            call = dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
+                        varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
+            pairs += [(chunk_scan.program, prefill_configs(**call, **common, block_v=bv)[1]) for bv in variants]
+    return list(dict.fromkeys(pairs))
+
+
+def _compile(pair: tuple, arch: str) -> str:
+    program, config = pair
+    try:
+        build.compile_program(program, config, arch)
+    except Exception as e:  # report every failing config, keep compiling the rest
+        return f"FAILED {program.__module__}: {config}: {type(e).__name__}: {str(e)[-300:]}"
+    return f"{program.__module__}: {config}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="sm_90a", choices=build.ARCHS)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--variants", default="", help="comma-separated block_v values, as for benchmarks/kernels.py")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    pairs = wanted_configs(args.arch, tuple(int(v) for v in args.variants.split(",") if v))
+    logger.info("%d kernels to compile for %s", len(pairs), args.arch)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for done in pool.map(_compile, pairs, [args.arch] * len(pairs)):
+            logger.info("done %s", done)
+
+
+if __name__ == "__main__":
+    main()

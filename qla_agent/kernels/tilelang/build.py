@@ -1,0 +1,63 @@
+"""Compile TileLang prim_funcs for a CUDA architecture, cached by a frozen kernel config.
+
+Every kernel module describes one specialisation with a frozen dataclass (model-shape constants,
+dtypes, feature flags and tile sizes; never a sequence length) and a `program(config)` factory that
+returns the prim_func. `compiled(program, config)` compiles once per (config, arch) and caches.
+
+The portable path (mma.sync + cp.async, what sm_80/86/89 run) is also what the H100 runs: the pass
+configs below switch off WGMMA, TMA lowering and automatic warp specialisation on sm_90a.
+"""
+
+import functools
+import re
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import tilelang
+import torch
+
+logger = logging.getLogger(__name__)
+
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")
+
+PORTABLE_PASS_CONFIGS = {
+    tilelang.PassConfigKey.TL_DISABLE_WGMMA: True,
+    tilelang.PassConfigKey.TL_DISABLE_TMA_LOWER: True,
+    tilelang.PassConfigKey.TL_DISABLE_WARP_SPECIALIZED: True,
+}
+
+
+def device_arch(device: torch.device) -> str | None:
+    """The TileLang arch string for a CUDA device ("sm_80" ... "sm_90a"), or None when unsupported."""
+    major, minor = torch.cuda.get_device_capability(device)
+    if major == 9 and minor == 0:
+        return "sm_90a"
+    if major == 8:
+        return f"sm_{major}{minor}"
+    return None
+
+
+def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> Any:
+    """Compile `program(config)` for `arch` (uncached; used by the compile tests)."""
+    target = {"kind": "cuda", "arch": arch}
+    logger.info("compiling %s for %s: %s", program.__name__, arch, config)
+    return tilelang.compile(program(config), target=target, pass_configs=PORTABLE_PASS_CONFIGS)
+
+
+@functools.cache
+def compiled(program: Callable[[Any], Any], config: Any, arch: str) -> Any:
+    """The compiled kernel for (program, config, arch); compiled on first use, then cached."""
+    return compile_program(program, config, arch)
+
+
+# Shared memory one block may use, per arch (bytes): the opt-in maximum of each family.
+SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90a": 227 * 1024}
+
+
+def launch_smem_bytes(kernel: Any) -> int:
+    """Dynamic shared memory the compiled kernel launches with, read from its host launcher source."""
+    host = kernel.get_host_source()
+    launch = host[: host.index("_packed == NULL")]
+    values = re.findall(r"v_int64\) = \(\(int64_t\)(\d+)\);", launch)
+    return int(values[-1])

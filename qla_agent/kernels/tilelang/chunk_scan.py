@@ -1,0 +1,137 @@
+"""Sequential stage of the GDN prefill: the state recurrence over chunks and the output.
+
+One CTA per (sequence, value head, slice of `block_v` state columns); it walks the sequence's chunks
+in order with the fp32 state slice S [128, block_v] in registers. With T, P and the vectors from
+`chunk_prep` (see there), per chunk of 64 tokens:
+
+    W = V - diag(a) (K S)                  a = exp(gamma) rk
+    U = T W                                the delta values (FLA's v_new)
+    O = diag(o) (Q S) + P U                o = scale exp(gamma) rq
+    S = lambda S + K^T diag(d) U           d = exp(gamma_C - gamma) rk, lambda = exp(gamma_C)
+
+K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
+Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
+loaded there never reaches S or a stored output.
+"""
+
+from dataclasses import dataclass
+
+import tilelang.language as T
+
+CHUNK = 64
+HEAD_DIM = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ScanConfig:
+    """One specialisation of the sequential stage."""
+
+    key_heads: int
+    value_heads: int
+    dtype: str  # q/k/v/o dtype: "bfloat16" | "float16"
+    has_initial_state: bool
+    store_final_state: bool
+    varlen: bool
+    block_v: int = 64
+    threads: int = 128
+    num_stages: int = 1
+
+
+def program(cfg: ScanConfig):
+    """The prim_func for `cfg`: grid (128 / block_v, value heads, sequences)."""
+    dt, f32 = cfg.dtype, "float32"
+    Hk, Hv, D, C, BV = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK, cfg.block_v
+    group = Hv // Hk
+    ntok = T.dynamic("ntok")
+    nchunk = T.dynamic("nchunk")
+    ncu = T.dynamic("ncu")
+    nh0 = T.dynamic("nh0")
+    nht = T.dynamic("nht")
+
+    @T.macro
+    def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
+        q_s, k_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf = smem
+        T.copy(q[bos:bos + C, hk, 0:D], q_s)
+        T.copy(k[bos:bos + C, hk, 0:D], k_s)
+        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
+        T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
+        T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
+        T.copy(S, s_s)
+        T.gemm(k_s, s_s, ks, clear_accum=True)
+        T.gemm(q_s, s_s, qs, clear_accum=True)
+        for r, x in T.Parallel(C, BV):
+            w_s[r, x] = T.cast(T.cast(v_s[r, x], f32) - vec_s[0, r] * ks[r, x], dt)
+        T.gemm(t_s, w_s, uf, clear_accum=True)
+        for r, x in T.Parallel(C, BV):
+            u_s[r, x] = T.cast(uf[r, x], dt)
+            ud_s[r, x] = T.cast(uf[r, x] * vec_s[2, r], dt)
+        for r, x in T.Parallel(C, BV):
+            qs[r, x] = qs[r, x] * vec_s[1, r]
+        T.gemm(p_s, u_s, qs)
+        for kk, x in T.Parallel(D, BV):
+            S[kk, x] = S[kk, x] * vec_s[3, 0]
+        T.gemm(k_s, ud_s, S, transpose_A=True)
+        T.copy(qs, o_s)
+        for r, x in T.Parallel(C, BV):
+            if bos + r < eos:
+                o[bos + r, bh, v0 + x] = o_s[r, x]
+
+    @T.prim_func
+    def chunk_scan(
+        q: T.Tensor((ntok, Hk, D), dt),
+        k: T.Tensor((ntok, Hk, D), dt),
+        v: T.Tensor((ntok, Hv, D), dt),
+        tmat: T.Tensor((nchunk, Hv, C, C), dt),
+        pmat: T.Tensor((nchunk, Hv, C, C), dt),
+        vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+        h0: T.Tensor((nh0, Hv, D, D), f32),
+        cu_seqlens: T.Tensor((ncu,), "int32"),
+        o: T.Tensor((ntok, Hv, D), dt),
+        ht: T.Tensor((nht, Hv, D, D), f32),
+        seq_len: T.int32,
+        n_seqs: T.int32,
+    ):
+        with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
+            bos = T.alloc_var("int32")
+            eos = T.alloc_var("int32")
+            first = T.alloc_var("int32")
+            if cfg.varlen:
+                bos = cu_seqlens[bn]
+                eos = cu_seqlens[bn + 1]
+                first = 0
+                for i in T.serial(bn):
+                    first = first + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
+            else:
+                bos = bn * seq_len
+                eos = bos + seq_len
+                first = bn * T.ceildiv(seq_len, C)
+            hk = bh // group
+            v0 = bv * BV
+            smem = (
+                T.alloc_shared((C, D), dt),
+                T.alloc_shared((C, D), dt),
+                T.alloc_shared((C, BV), dt),
+                T.alloc_shared((C, C), dt),
+                T.alloc_shared((C, C), dt),
+                T.alloc_shared((4, C), f32),
+                T.alloc_shared((D, BV), dt),
+                T.alloc_shared((C, BV), dt),
+                T.alloc_shared((C, BV), dt),
+                T.alloc_shared((C, BV), dt),
+                T.alloc_shared((C, BV), dt),
+                T.alloc_fragment((C, BV), f32),
+                T.alloc_fragment((C, BV), f32),
+                T.alloc_fragment((C, BV), f32),
+            )
+            S = T.alloc_fragment((D, BV), f32)
+            if cfg.has_initial_state:
+                T.copy(h0[bn, bh, 0:D, v0:v0 + BV], S)
+            else:
+                T.clear(S)
+            for j in T.Pipelined(T.ceildiv(eos - bos, C), num_stages=cfg.num_stages):
+                chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos + j * C, eos, first + j, bh, hk, v0, smem)
+            if cfg.store_final_state:
+                T.copy(S, ht[bn, bh, 0:D, v0:v0 + BV])
+
+    return chunk_scan

@@ -1,0 +1,124 @@
+"""Launcher of the TileLang GDN prefill: picks the kernel configs, shapes the buffers, runs two kernels.
+
+No host synchronisation: sequence boundaries are read on the device (the kernels walk cu_seqlens),
+and every buffer size follows from tensor shapes alone, so a call can be captured in a CUDA graph.
+"""
+
+import functools
+import logging
+
+import torch
+
+from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
+
+logger = logging.getLogger(__name__)
+
+CHUNK = chunk_prep.CHUNK
+TORCH_TO_TL = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+# Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
+SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
+
+_dummies: dict[tuple, torch.Tensor] = {}
+
+
+def _dummy(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached placeholder for an argument the specialisation never reads."""
+    key = (shape, dtype, device)
+    if key not in _dummies:
+        _dummies[key] = torch.zeros(shape, dtype=dtype, device=device)
+    return _dummies[key]
+
+
+def pick_block_v(arch: str, parallel_units: int, sm_count: int) -> int:
+    """State columns per CTA: 64 when (sequences x heads x 2) fills the GPU, else 32 for more CTAs."""
+    if arch in SMALL_SMEM_ARCHS:
+        return 32
+    return 64 if parallel_units * 2 >= sm_count else 32
+
+
+def prefill_configs(
+    *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
+    scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
+    arch: str, sm_count: int, block_v: int | None = None,
+) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
+    """The two kernel configs of one call (a pure function of shapes and flags, for precompiling too)."""
+    tl_dtype = TORCH_TO_TL[dtype]
+    prep = chunk_prep.PrepConfig(
+        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=TORCH_TO_TL[gate_dtype],
+        param_dtype=TORCH_TO_TL[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
+    )
+    if block_v is None:
+        block_v = pick_block_v(arch, num_seqs * value_heads, sm_count)
+    scan = chunk_scan.ScanConfig(
+        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0,
+        store_final_state=store_ht, varlen=varlen, block_v=block_v,
+    )
+    return prep, scan
+
+
+@functools.cache
+def _device_facts(device: torch.device) -> tuple[str | None, int]:
+    return build.device_arch(device), torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def gdn_prefill(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = True,
+    cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
+    A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
+    out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
+
+    q, k [B,T,Hk,128]; v [B,T,Hv,128] bf16/fp16; g, beta [B,T,Hv]; initial_state [N,Hv,128,128] fp32
+    -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
+    (contiguous, those shapes and dtypes) receive the results when given; block_v overrides the tile.
+    """
+    batch, seqlen, hk, dim = q.shape
+    hv = v.shape[2]
+    device = q.device
+    ntok = batch * seqlen
+    varlen = cu_seqlens is not None
+    num_seqs = cu_seqlens.shape[0] - 1 if varlen else batch
+    # Upper bound on the chunk count that needs no look at the lengths: each sequence adds < 1 chunk.
+    num_chunks = ntok // CHUNK + num_seqs if varlen else batch * -(-seqlen // CHUNK)
+    raw_gates = A_log is not None
+    param_dtype = A_log.dtype if raw_gates else torch.float32
+    arch, sm_count = _device_facts(device)
+    prep_cfg, scan_cfg = prefill_configs(
+        key_heads=hk, value_heads=hv, dtype=q.dtype, gate_dtype=g.dtype, param_dtype=param_dtype,
+        scale=dim**-0.5 if scale is None else scale, raw_gates=raw_gates, l2norm=use_qk_l2norm, varlen=varlen,
+        has_h0=initial_state is not None, store_ht=output_final_state, num_seqs=num_seqs, arch=arch,
+        sm_count=sm_count, block_v=block_v,
+    )
+    prep = build.compiled(chunk_prep.program, prep_cfg, arch)
+    scan = build.compiled(chunk_scan.program, scan_cfg, arch)
+
+    q2, k2 = q.reshape(ntok, hk, dim).contiguous(), k.reshape(ntok, hk, dim).contiguous()
+    v2 = v.reshape(ntok, hv, dim).contiguous()
+    g2, b2 = g.reshape(ntok, hv).contiguous(), beta.reshape(ntok, hv).contiguous()
+    if varlen:
+        cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+    else:
+        cu = _dummy((2,), torch.int32, device)
+    if raw_gates:
+        a_log, dtb = A_log.contiguous(), dt_bias.to(A_log.dtype).contiguous()
+    else:
+        a_log = dtb = _dummy((hv,), torch.float32, device)
+
+    tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
+    pmat = torch.empty_like(tmat)
+    vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
+    prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen)
+
+    o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
+    placeholder = _dummy((1, hv, dim, dim), torch.float32, device)
+    h0 = placeholder if initial_state is None else initial_state.float().contiguous()
+    if not output_final_state:
+        ht = placeholder
+    elif final_state_out is None:
+        ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
+    else:
+        ht = final_state_out
+    scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs)
+    return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)

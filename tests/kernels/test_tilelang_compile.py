@@ -1,0 +1,38 @@
+"""Every TileLang kernel compiles for sm_80, sm_86, sm_89 and sm_90a on a machine without a GPU.
+
+Needs nvcc (skipped without it). A TileLang cache hit counts: the cache key is the kernel source,
+target and TileLang build, so a hit means this exact kernel compiled for this arch before.
+"""
+
+import shutil
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+ARCHS = [
+    pytest.param("sm_80"),
+    pytest.param("sm_86", marks=pytest.mark.slow),
+    pytest.param("sm_89", marks=pytest.mark.slow),
+    pytest.param("sm_90a"),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefill_kernels_compile(arch: str) -> None:
+    """The two prefill kernels (every feature on: varlen, raw gates, l2norm, states) build for `arch`."""
+    from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
+    from qla_agent.kernels.tilelang.prefill import prefill_configs
+
+    prep_cfg, scan_cfg = prefill_configs(
+        key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
+        scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True, store_ht=True, num_seqs=64,
+        arch=arch, sm_count=132,
+    )
+    for program, config in ((chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg)):
+        kernel = build.compiled(program, config, arch)
+        assert "mma_sync" in kernel.get_kernel_source(), f"{program.__module__} uses no tensor-core mma on {arch}"
+        assert build.launch_smem_bytes(kernel) <= build.SMEM_LIMIT[arch], (
+            f"{program.__module__} needs {build.launch_smem_bytes(kernel)} B of shared memory on {arch}"
+        )

@@ -1,0 +1,168 @@
+"""GPU tests of the TileLang GDN prefill against the fp64 reference, with FLA's error as the yardstick.
+
+Every case runs our kernels on bf16/fp16 inputs, and the fp64 reference on the same (rounded) inputs;
+our relative error must stay within 2x FLA Triton's error on the same inputs (or 5e-3 where FLA is
+not installed). Outputs are allocated NaN-filled, and the allocator cache is NaN-filled before each
+run, so an element the kernels never write fails the comparison.
+"""
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from qla_agent.kernels import reference
+from tests.kernels.gdn_inputs import GdnShape, gdn_inputs, rel_err
+
+pytestmark = pytest.mark.gpu
+
+FALLBACK_BOUND = 5e-3
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillCase:
+    """One test case; lens given means packed varlen (B = 1)."""
+
+    shape: GdnShape
+    lens: tuple[int, ...] | None = None
+    h0: bool = True
+    l2norm: bool = False
+    raw_gates: bool = False
+    store_ht: bool = True
+    dtype: torch.dtype = torch.bfloat16
+
+    @property
+    def id(self) -> str:
+        parts = [self.shape.id, f"lens{'_'.join(map(str, self.lens))}" if self.lens else "dense"]
+        parts += [name for name, on in (("h0", self.h0), ("l2", self.l2norm), ("raw", self.raw_gates)) if on]
+        parts += [] if self.store_ht else ["noht"]
+        return "-".join(parts + [str(self.dtype).removeprefix("torch.")])
+
+
+def _shape(B: int, T: int, Hk: int, Hv: int) -> GdnShape:
+    return GdnShape(B=B, T=T, Hk=Hk, Hv=Hv, K=128, V=128)
+
+
+CASES = [
+    PrefillCase(_shape(1, 1, 2, 2)),
+    PrefillCase(_shape(2, 63, 2, 4), l2norm=True),
+    PrefillCase(_shape(1, 1000, 1, 4), h0=False, l2norm=True, raw_gates=True),
+    PrefillCase(_shape(1, 493, 2, 4), lens=(1, 63, 64, 65, 300), l2norm=True),
+    PrefillCase(_shape(1, 1137, 4, 4), lens=(130, 7, 1000), raw_gates=True, store_ht=False),
+    PrefillCase(_shape(3, 200, 2, 2), l2norm=True, dtype=torch.float16),
+    PrefillCase(_shape(1, 8192, 1, 2), l2norm=True),
+]
+
+
+def _poison_allocator(device: torch.device) -> None:
+    """Fill cached allocator blocks with NaN so internal torch.empty buffers start poisoned."""
+    junk = torch.full((64 << 20,), float("nan"), dtype=torch.float32, device=device)
+    del junk
+
+
+def _inputs(case: PrefillCase, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Inputs in the kernel dtype (q, k, v) and fp32 (gates, state); g/beta raw when raw_gates."""
+    num_states = len(case.lens) if case.lens else case.shape.B
+    x = gdn_inputs(case.shape, seed=seed, with_state=case.h0, num_states=num_states)
+    if case.l2norm:
+        x["k"] = x["k"] * 3.0
+    out = {name: t.to(device) for name, t in x.items()}
+    for name in ("q", "k", "v"):
+        out[name] = out[name].to(case.dtype)
+    for name in ("g", "beta"):
+        out[name] = out[name].float()
+    if "initial_state" in out:
+        out["initial_state"] = out["initial_state"].float()
+    if case.raw_gates:
+        gen = torch.Generator().manual_seed(seed + 1)
+        hv = case.shape.Hv
+        out["A_log"] = torch.randn(hv, generator=gen).to(device)
+        out["dt_bias"] = torch.randn(hv, generator=gen).to(device)
+        out["g"] = torch.randn(out["g"].shape, generator=gen).to(device)
+        out["beta"] = torch.randn(out["beta"].shape, generator=gen).to(device)
+    if case.lens:
+        out["cu_seqlens"] = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], device=device)
+    return out
+
+
+def _kwargs(case: PrefillCase, x: dict[str, torch.Tensor]) -> dict:
+    return dict(
+        initial_state=x.get("initial_state"), cu_seqlens=x.get("cu_seqlens"), use_qk_l2norm=case.l2norm,
+        A_log=x.get("A_log"), dt_bias=x.get("dt_bias"),
+    )
+
+
+def _fla_error(case: PrefillCase, x: dict[str, torch.Tensor], ref: torch.Tensor) -> float | None:
+    """FLA Triton's relative error on the same inputs, or None where FLA is missing."""
+    os.environ.setdefault("FLA_FLASH_QLA", "0")
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    except ImportError:
+        return None
+    g, beta = x["g"], x["beta"]
+    if case.raw_gates:
+        g, beta = reference.gdn_gates(x["A_log"], x["dt_bias"], g, beta)
+    o, _ = chunk_gated_delta_rule(
+        x["q"], x["k"], x["v"], g.float(), beta.float(), initial_state=x.get("initial_state"),
+        output_final_state=True, cu_seqlens=x.get("cu_seqlens"), use_qk_l2norm_in_kernel=case.l2norm,
+    )
+    return rel_err(ref, o)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_prefill_matches_reference(case: PrefillCase) -> None:
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    device = torch.device("cuda")
+    x = _inputs(case, device, seed=len(case.id))
+    fp64 = {name: t.double() for name, t in x.items() if t.is_floating_point()}
+    ref_o, ref_ht = reference.gdn_chunked(
+        fp64["q"], fp64["k"], fp64["v"], fp64["g"], fp64["beta"], **_kwargs(case, {**x, **fp64})
+    )
+    out_o = torch.full_like(x["v"], float("nan"))
+    out_ht = torch.full_like(ref_ht, float("nan"), dtype=torch.float32) if case.store_ht else None
+    _poison_allocator(device)
+    o, ht = gdn_prefill(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, out=out_o,
+        final_state_out=out_ht, **_kwargs(case, x),
+    )
+    torch.cuda.synchronize()
+    assert o.data_ptr() == out_o.data_ptr()
+    fla = _fla_error(case, x, ref_o)
+    bound = FALLBACK_BOUND if fla is None else max(2 * fla, 1e-3)
+    err_o = rel_err(ref_o, o)
+    assert err_o <= bound, f"o: rel err {err_o:.2e} > bound {bound:.2e} (FLA {fla})"
+    if case.store_ht:
+        err_ht = rel_err(ref_ht, ht)
+        assert err_ht <= bound, f"final state: rel err {err_ht:.2e} > bound {bound:.2e} (FLA {fla})"
+    else:
+        assert ht is None
+
+
+@pytest.mark.parametrize("split", [1, 64, 100])
+def test_prefill_in_two_calls_equals_one(split: int) -> None:
+    """prefill(T1) then prefill(T2) from its final state == prefill(T1 + T2), to bf16 rounding."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    case = PrefillCase(_shape(1, 300, 2, 4), l2norm=True)
+    x = _inputs(case, torch.device("cuda"), seed=split)
+    whole_o, whole_ht = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], **_kwargs(case, x))
+    parts = {n: x[n] for n in ("q", "k", "v", "g", "beta")}
+    first = {n: t[:, :split] for n, t in parts.items()}
+    second = {n: t[:, split:] for n, t in parts.items()}
+    o1, h1 = gdn_prefill(**first, initial_state=x["initial_state"], use_qk_l2norm=True)
+    o2, h2 = gdn_prefill(**second, initial_state=h1, use_qk_l2norm=True)
+    assert rel_err(whole_o, torch.cat([o1, o2], dim=1)) < 2e-2
+    assert rel_err(whole_ht, h2) < 1e-2
+
+
+def test_dispatch_uses_tilelang() -> None:
+    """The public entry point picks this backend for CUDA bf16 inputs (impl="tilelang" must not raise)."""
+    from qla_agent.kernels import gdn_prefill
+
+    case = PrefillCase(_shape(1, 100, 2, 2), l2norm=True)
+    x = _inputs(case, torch.device("cuda"), seed=3)
+    ref_o, _ = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], impl="reference", **_kwargs(case, x))
+    out_o, _ = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], impl="tilelang", **_kwargs(case, x))
+    assert rel_err(ref_o, out_o) < 2e-2
