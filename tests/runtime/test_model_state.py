@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qla_agent.runtime.loader import load_model
-from qla_agent.runtime.state import MemoryPolicy, SessionState
+from qla_agent.runtime.state import KVCache, MemoryPolicy, SessionState
 from tests.tiny_models import write_tiny_checkpoint
 
 FAMILIES = ("qwen3_5", "qwen3_next", "qwen3_5_moe")
@@ -103,6 +103,27 @@ def test_bounded_policy_matches_full_until_eviction_and_stays_flat(model):
     # Past the window the bounded session sees less context, so its logits differ from the full one.
     full_logits = [model.decode(ids[i : i + 1], [full]) for i in range(10, 40)]
     assert not torch.allclose(full_logits[-1], logits)
+
+
+def test_bounded_decode_attends_to_sinks_and_window(model):
+    """After eviction a decoded token sees the sinks and the last `window` tokens (itself included)."""
+    vocab, sink = model.config.vocab_size, 2
+    policy = MemoryPolicy(kind="bounded", sink_tokens=sink, window_tokens=8)
+    ids = _ids(30, 7, vocab)
+    bounded = model.new_state(policy)
+    model.prefill(ids[:20], bounded)
+    for i in range(20, 24):
+        # Oracle: a full-policy copy holding exactly what the bounded query will see besides itself.
+        oracle = bounded.clone()
+        oracle.kv = [
+            KVCache.from_tensors(torch.cat([c.keys[:, :sink], c.keys[:, sink + 1 :]], dim=1),
+                                 torch.cat([c.values[:, :sink], c.values[:, sink + 1 :]], dim=1))
+            for c in bounded.kv
+        ]
+        ref = model.decode(ids[i : i + 1], [oracle])
+        out = model.decode(ids[i : i + 1], [bounded])
+        _close(out, ref)
+        assert len(bounded.kv[0]) == sink + 8
 
 
 def test_decode_rejects_bad_batches(model):
