@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import os
 import sys
@@ -16,36 +16,15 @@ def _serve(args: argparse.Namespace) -> int:
     from qla_agent.server.run import serve
     from qla_agent.server.settings import ServerSettings
 
-    overrides = {k: v for k, v in vars(args).items() if k in ServerSettings.model_fields and v is not None}
-    serve(ServerSettings(**overrides))
+    fields = {f.name for f in dataclasses.fields(ServerSettings)}
+    serve(ServerSettings.from_env(**{k: v for k, v in vars(args).items() if k in fields}))
     return 0
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    import httpx
+    from qla_agent.agent_cli import sessions_command
 
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60.0) as http:
-        if args.action == "list":
-            response = http.get("/v1/sessions")
-        elif args.action == "show":
-            response = http.get(f"/v1/sessions/{args.id}")
-        elif args.action == "delete":
-            response = http.delete(f"/v1/sessions/{args.id}")
-        elif args.action == "export":
-            response = http.get(f"/v1/sessions/{args.id}/export")
-            if response.status_code == 200:
-                Path(args.file).write_bytes(response.content)
-                print(f"wrote {args.file} ({len(response.content)} bytes)")
-                return 0
-        else:
-            response = http.post("/v1/sessions/import", content=Path(args.file).read_bytes(),
-                                 headers={"Content-Type": "application/octet-stream"})
-    if response.status_code != 200:
-        print(f"error {response.status_code}: {response.text}", file=sys.stderr)
-        return 1
-    print(json.dumps(response.json(), indent=2))
-    return 0
+    return sessions_command(args)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,12 +53,13 @@ def _parser() -> argparse.ArgumentParser:
         add_agent_arguments(p)
         p.set_defaults(func=_agent_command)
 
-    sessions = sub.add_parser("sessions", help="list, show, delete, export or import sessions of a running server")
-    sessions.add_argument("action", choices=["list", "show", "delete", "export", "import"])
-    sessions.add_argument("id", nargs="?", help="session id (show, delete, export)")
-    sessions.add_argument("--file", help="session file (export, import)")
-    sessions.add_argument("--url", default=DEFAULT_URL)
-    sessions.add_argument("--api-key", default=os.environ.get("QLA_API_KEY"))
+    sessions = sub.add_parser("sessions", help="list, show, fork, delete, export or import sessions of a running server")
+    sessions.add_argument("action", choices=["list", "show", "fork", "delete", "export", "import"])
+    sessions.add_argument("id", nargs="?", help="session id (show, fork, delete, export; import: the new id)")
+    sessions.add_argument("--file", type=Path, help="session file (export, import)")
+    sessions.add_argument("--json", action="store_true", help="list: print the JSON the server answered")
+    sessions.add_argument("--url", default=DEFAULT_URL, help="server base URL (default %(default)s)")
+    sessions.add_argument("--api-key", default=os.environ.get("QLA_API_KEY"), help="bearer token (or QLA_API_KEY)")
     sessions.set_defaults(func=_sessions)
     return parser
 
@@ -95,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "sessions":
-        needs_id = args.action in {"show", "delete", "export"}
+        needs_id = args.action in {"show", "fork", "delete", "export"}
         if needs_id and not args.id:
             parser.error(f"sessions {args.action} needs a session id")
         if args.action in {"export", "import"} and not args.file:

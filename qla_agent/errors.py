@@ -39,3 +39,7 @@ class ToolError(QlaError):
 
 class WorkspaceError(ToolError):
     """A path would leave the tool workspace (absolute, `..`, symlink) or break its size limits."""
+
+
+class AgentError(QlaError):
+    """The agent loop cannot go on: no server, a refused request, a broken stream, or the step limit."""
