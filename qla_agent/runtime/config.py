@@ -170,6 +170,21 @@ def _rope(text: dict[str, Any], head_dim: int) -> tuple[int, float]:
     return rotary_dim, theta
 
 
+def _moe_fields(text: dict[str, Any], family: str, num_experts: int) -> dict[str, Any]:
+    moe = bool(num_experts)
+    next_ = family == "qwen3_next"
+    return dict(
+        num_experts=num_experts,
+        num_experts_per_tok=int(text.get("num_experts_per_tok", 0)) if moe else 0,
+        moe_intermediate_size=int(text.get("moe_intermediate_size", 0)) if moe else 0,
+        shared_expert_intermediate_size=int(text.get("shared_expert_intermediate_size", 0)) if moe else 0,
+        # Qwen3.5-MoE always renormalises the top-k weights; Qwen3-Next reads norm_topk_prob.
+        norm_topk_prob=bool(text.get("norm_topk_prob", True)) if next_ else True,
+        decoder_sparse_step=int(text.get("decoder_sparse_step", 1)) if next_ else 1,
+        mlp_only_layers=tuple(int(i) for i in (text.get("mlp_only_layers") or ())) if next_ else (),
+    )
+
+
 def _parse(raw: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
     model_type = raw.get("model_type")
     if model_type not in FAMILIES:
@@ -215,14 +230,7 @@ def _parse(raw: dict[str, Any], generation: dict[str, Any]) -> ModelConfig:
         rope_theta=theta,
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
         intermediate_size=intermediate,
-        num_experts=num_experts,
-        num_experts_per_tok=int(text.get("num_experts_per_tok", 0)) if num_experts else 0,
-        moe_intermediate_size=int(text.get("moe_intermediate_size", 0)) if num_experts else 0,
-        shared_expert_intermediate_size=int(text.get("shared_expert_intermediate_size", 0)) if num_experts else 0,
-        # Qwen3.5-MoE always renormalises the top-k weights; Qwen3-Next reads norm_topk_prob.
-        norm_topk_prob=bool(text.get("norm_topk_prob", True)) if family == "qwen3_next" else True,
-        decoder_sparse_step=int(text.get("decoder_sparse_step", 1)) if family == "qwen3_next" else 1,
-        mlp_only_layers=tuple(int(i) for i in (text.get("mlp_only_layers") or ())) if family == "qwen3_next" else (),
+        **_moe_fields(text, family, num_experts),
         tie_word_embeddings=bool(tie),
         max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
         eos_token_ids=_eos_ids(raw, text, generation),
