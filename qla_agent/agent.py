@@ -297,7 +297,7 @@ class Agent:
         except ServerError:
             t.session_id = self.client.create_session()
         t.sent = 0
-        logger.info("session %s is gone from the server; resending %d messages in %s", old, len(t.messages),
+        logger.debug("session %s is gone from the server; resending %d messages in %s", old, len(t.messages),
                     t.session_id)
         on_event(AgentEvent("notice", f"session {old} is gone from the server; resending the whole conversation "
                             f"({len(t.messages)} messages) in session {t.session_id}"))

@@ -17,6 +17,9 @@ import httpx
 # Small answers keep every turn of the random embedded model short.
 SERVER_ENV = {"QLA_DEFAULT_MAX_TOKENS": "8", "QLA_MAX_TOKENS": "64"}
 START_TIMEOUT_S = 120.0
+# Request options of in-process agents: short seeded answers. Thinking off + preserve_thinking: the template
+# renders history append-only, so a turn resumes where the last one ended.
+OPTIONS = {"max_tokens": 6, "seed": 7, "chat_template_kwargs": {"enable_thinking": False, "preserve_thinking": True}}
 
 
 def free_port() -> int:
@@ -38,13 +41,20 @@ def healthy(url: str) -> bool:
         return False
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an orphan waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_gone(pid: int, timeout: float = 20.0) -> bool:
     """Whether process `pid` ended within `timeout` seconds (it need not be our child)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(pid):
             return True
         time.sleep(0.05)
     return False

@@ -9,10 +9,8 @@ import pytest
 from qla_agent.agent import Agent, ChatClient
 from qla_agent.errors import AgentError
 from qla_agent.tools.registry import ToolRegistry
+from tests.agent.server_process import OPTIONS
 
-# No tools: prompts stay a few dozen tokens. Thinking off + preserve_thinking: the template renders history
-# append-only, so the second turn reuses the whole first one.
-OPTIONS = {"max_tokens": 6, "seed": 7, "chat_template_kwargs": {"enable_thinking": False, "preserve_thinking": True}}
 
 
 def make_agent(server, path):
