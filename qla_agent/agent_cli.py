@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -57,8 +58,12 @@ def ensure_server(url: str, api_key: str | None, console: Console, *, start: boo
     $XDG_CACHE_HOME/qla-agent/server-PORT.{log,pid}. QLA_* variables (model, sessions dir) pass through.
     """
     url = normalize_url(url)
-    if _healthy(url):
+    status = _health(url)
+    if status == 200:
         return
+    if status is not None:
+        raise AgentError(f"something that is not a qla-agent server answers at {url} (GET /health: {status}); "
+                         "check --url")
     parsed = urlparse(url)
     if not start:
         raise AgentError(f"no qla-agent server answers at {url}; start one with `qla-agent serve` "
@@ -70,11 +75,11 @@ def ensure_server(url: str, api_key: str | None, console: Console, *, start: boo
     cache.mkdir(parents=True, exist_ok=True)
     log, pid_file = cache / f"server-{parsed.port}.log", cache / f"server-{parsed.port}.pid"
     command = [sys.executable, "-m", "qla_agent.cli", "serve", "--host", parsed.hostname, "--port", str(parsed.port)]
-    if api_key:
-        command += ["--api-key", api_key]
+    # The key goes through the environment: a command line is visible to every user in `ps`.
+    env = {**os.environ, "QLA_API_KEY": api_key} if api_key else None
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   env=env, start_new_session=True)
     pid_file.write_text(f"{process.pid}\n")
     console.print(f"[dim]started a server at {url} in the background (pid {process.pid}, log {escape(str(log))}); "
                   f"stop it with `kill {process.pid}`[/dim]", highlight=False)
@@ -82,22 +87,35 @@ def ensure_server(url: str, api_key: str | None, console: Console, *, start: boo
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    parsed = urlparse(url)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if _healthy(url):
+        status = _health(url)
+        if status == 200:
             return
-        if process.poll() is not None:
+        # Our server exited, but the port is taken: another command may have started one first (it
+        # listens before its model is loaded, and answers /health once it is).
+        if process.poll() is not None and (status is not None or not _listening(parsed.hostname, parsed.port)):
             raise AgentError(f"the server exited with code {process.returncode} while starting; see {log}")
         time.sleep(0.25)
     raise AgentError(f"the server (pid {process.pid}) did not answer /health within {SERVER_START_TIMEOUT_S:.0f} s; "
                      f"see {log}")
 
 
-def _healthy(url: str) -> bool:
+def _listening(host: str, port: int) -> bool:
     try:
-        return httpx.get(url + "/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except OSError:
         return False
+    return True
+
+
+def _health(url: str) -> int | None:
+    """The status of GET /health, None when nothing answers over HTTP."""
+    try:
+        return httpx.get(url + "/health", timeout=2.0).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def default_session_file(workspace: Path) -> Path:

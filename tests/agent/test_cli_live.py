@@ -1,11 +1,13 @@
 """`qla-agent run`, `qla-agent chat` (subprocesses) and `qla-agent sessions` against the real server process."""
 
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import unicodedata
 
 import pytest
@@ -68,6 +70,30 @@ def test_run_refuses_to_start_a_server_for_a_url_without_port(tmp_path, workspac
     done = qla("run", "hi", "--url", "http://localhost", "--workspace", workspace, "--session-file", tmp_path / "t.json")
     assert done.returncode == 1
     assert "one is started only for a local URL with a port" in done.stderr
+
+
+class NotFoundHandler(http.server.BaseHTTPRequestHandler):
+    """Another program's web server: 404 for every path."""
+
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_run_refuses_a_port_held_by_another_program(tmp_path, workspace):
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHandler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{other.server_address[1]}"
+    try:
+        done = qla("run", "hi", "--url", url, "--workspace", workspace, "--session-file", tmp_path / "t.json")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert done.returncode == 1
+    assert f"something that is not a qla-agent server answers at {url} (GET /health: 404)" in done.stderr
 
 
 def test_run_starts_a_server_in_the_background(tmp_path, workspace):

@@ -126,3 +126,16 @@ def test_server_restart_continues_the_session(server, tmp_path):
     assert second.session_id == first.session_id
     assert second.usage.cached_tokens > 0
     assert roles(server.session(first.session_id)) == ["user", "assistant", "user", "assistant"]
+
+
+def test_resent_transcript_keeps_the_reasoning(server, tmp_path):
+    # Thinking on: the answer starts inside <think>, so the server streams it as reasoning.
+    with Agent(ChatClient(server.url), ToolRegistry(), tmp_path / "t.json",
+               request_options={"max_tokens": 6, "seed": 7}) as agent:
+        first = agent.run("think first")
+        kept = agent.transcript.messages[1]
+        assert first.reasoning and kept == {"role": "assistant", "content": first.content,
+                                            "reasoning_content": first.reasoning}
+        assert httpx.delete(f"{server.url}/v1/sessions/{first.session_id}", timeout=30).status_code == 200
+        agent.run("and again")
+    assert server.session(first.session_id)["messages"][1] == kept
