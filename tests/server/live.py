@@ -23,6 +23,8 @@ from qla_agent.server.settings import ServerSettings
 from tests.tiny_models import write_tiny_checkpoint
 
 MODEL_ID = "tiny-qwen3.5"
+# Under these the Qwen3.5 template renders history append-only, so a turn resumes where the last ended.
+APPEND_ONLY = {"chat_template_kwargs": {"enable_thinking": False, "preserve_thinking": True}}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,19 @@ def load_tiny(root: Path) -> TinyModel:
     path = write_tiny_checkpoint(root / "qwen3_5", "qwen3_5", seed=5)
     model = load_model(path, device="cpu", dtype=torch.float32, progress=False)
     return TinyModel(path, model, Tokenizer.from_dir(path), ChatTemplate.from_dir(path))
+
+
+def digit_bias(tiny: TinyModel) -> dict[str, float]:
+    """Logit bias allowing only digits and <|im_end|>: digits re-tokenize to the tokens sampled, so a
+    session's history renders to exactly the tokens its state consumed."""
+    ids = [tiny.tokenizer.encode(str(d))[0] for d in range(10)] + [tiny.tokenizer.token_id("<|im_end|>")]
+    return {str(i): 100.0 for i in ids}
+
+
+def no_stop(tiny: TinyModel) -> dict[str, float]:
+    """Logit bias banning the stop tokens, so a request runs its whole max_tokens."""
+    stops = set(tiny.tokenizer.eos_token_ids) | set(tiny.model.config.eos_token_ids)
+    return {str(i): -100.0 for i in stops}
 
 
 def make_engine(tiny: TinyModel, sessions_dir: Path, **settings: Any) -> Engine:

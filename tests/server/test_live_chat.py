@@ -10,11 +10,9 @@ import openai
 import pytest
 
 from qla_agent.tools.parsers import parser_for
-from tests.server.live import MODEL_ID
+from tests.server.live import APPEND_ONLY, MODEL_ID, digit_bias
 
 NO_THINK = {"enable_thinking": False}
-# Under these the Qwen3.5 template renders history append-only, so a turn resumes where the last ended.
-APPEND_ONLY = {"chat_template_kwargs": {"enable_thinking": False, "preserve_thinking": True}}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
@@ -134,13 +132,6 @@ def test_tool_call_and_result_go_into_the_session(server, client):
     assert stored["messages"][2] == {"role": "tool", "content": "sunny, 21 C", "tool_call_id": "call_1"}
     assert stored["tools"][0]["function"]["name"] == "get_weather"
     assert stored["n_messages"] == 4
-
-
-def digit_bias(tiny):
-    """Logit bias allowing only digits and <|im_end|>: digits re-tokenize to the tokens sampled, so the
-    session's history renders to exactly the tokens its state consumed."""
-    ids = [tiny.tokenizer.encode(str(d))[0] for d in range(10)] + [tiny.tokenizer.token_id("<|im_end|>")]
-    return {str(i): 100 for i in ids}
 
 
 def test_session_continues_with_only_new_messages(server, client, tiny):

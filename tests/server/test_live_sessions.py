@@ -5,8 +5,7 @@ import openai
 import pytest
 
 from qla_agent.server.settings import ServerSettings
-from tests.server.live import MODEL_ID, live_server, make_engine
-from tests.server.test_live_chat import APPEND_ONLY, digit_bias
+from tests.server.live import APPEND_ONLY, MODEL_ID, digit_bias, live_server, make_engine, no_stop
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
 
@@ -97,13 +96,14 @@ def tight_server(tiny, tmp_path_factory):
         yield live
 
 
-def test_limits_answer_429(tight_server):
+def test_limits_answer_429(tight_server, tiny):
     server = tight_server
     api(server, "POST", "/sessions", json={})
     api(server, "POST", "/sessions", json={})
     full = httpx.post(server.v1 + "/sessions", json={}, timeout=10)
     assert full.status_code == 429 and full.json()["error"]["code"] == "too_many_sessions"
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 64, "stream": True}
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 64, "stream": True,
+            "logit_bias": no_stop(tiny)}
     with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as running:
         assert running.status_code == 200
         busy = httpx.post(server.v1 + "/chat/completions", json={**body, "stream": False}, timeout=10)
