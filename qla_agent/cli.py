@@ -43,17 +43,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--sessions-dir", type=Path, help="where sessions persist")
     serve.add_argument("--memory-policy", choices=["full", "bounded"], help="attention KV policy for new sessions")
+    serve.add_argument("--window-tokens", type=int, help="bounded policy: attention window in tokens (default 4096)")
+    serve.add_argument("--sink-tokens", type=int, help="bounded policy: first tokens always kept (default 4)")
     serve.add_argument("--api-key", help="require this bearer token on every route but /health (or QLA_API_KEY)")
+    serve.add_argument("--max-tokens", type=int, help="most tokens one request may generate (default 32768)")
+    serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 256)")
+    serve.add_argument("--served-model-name", help="model id the API shows (default: the folder's name)")
+    serve.add_argument("--cors-origins", nargs="+", help="allow these browser origins (default: none)")
     serve.set_defaults(func=_serve)
 
     for name, help_text in (("chat", "interactive chat with tools"), ("run", "run one task and exit")):
         p = sub.add_parser(name, help=help_text)
         if name == "run":
             p.add_argument("task", help="what the agent should do")
+            p.add_argument("--continue", dest="continue_conversation", action="store_true",
+                           help="continue the conversation kept in the session file instead of starting a new one")
         add_agent_arguments(p)
         p.set_defaults(func=_agent_command)
 
-    sessions = sub.add_parser("sessions", help="list, show, fork, delete, export or import sessions of a running server")
+    sessions = sub.add_parser("sessions", help="list, show, fork, delete, export or import a running server's sessions")
     sessions.add_argument("action", choices=["list", "show", "fork", "delete", "export", "import"])
     sessions.add_argument("id", nargs="?", help="session id (show, fork, delete, export; import: the new id)")
     sessions.add_argument("--file", type=Path, help="session file (export, import)")
