@@ -43,9 +43,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (0: greedy)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed, for reproducible answers")
     parser.add_argument("--system", default=None, help="system prompt of a new conversation")
-    parser.add_argument("--enable-commands", action="store_true", help="let the model run shell commands in the workspace")
+    parser.add_argument("--enable-commands", action="store_true",
+                        help="let the model run shell commands in the workspace")
     parser.add_argument("--enable-network", action="store_true", help="let the model fetch URLs")
-    parser.add_argument("--tools-module", action="append", default=[], help="import extra tools from this module or .py file")
+    parser.add_argument("--tools-module", action="append", default=[],
+                        help="import extra tools from this module or .py file")
     parser.add_argument("--no-tools", action="store_true", help="offer the model no tools at all")
     parser.add_argument("--no-start-server", action="store_true", help="fail instead of starting a local server")
     parser.add_argument("--no-thinking", action="store_true", help="ask the model not to think before answering")
@@ -165,8 +167,8 @@ class EventPrinter:
             self.console.print(f"[cyan]→ {escape(printable(event.name))}[/cyan] {escape(printable(event.text))}",
                                highlight=False)
         elif event.kind == "tool_result":
-            self.console.print(f"[green]← {escape(printable(event.name))}[/green] {escape(_clip(printable(event.text)))}",
-                               highlight=False)
+            text = escape(_clip(printable(event.text)))
+            self.console.print(f"[green]← {escape(printable(event.name))}[/green] {text}", highlight=False)
         else:
             self.console.print(f"[yellow]{escape(event.text)}[/yellow]", highlight=False)
         self.last = event.kind
@@ -203,7 +205,10 @@ def _quiet_http_logs(args: argparse.Namespace) -> None:
 
 
 def run_task(args: argparse.Namespace) -> int:
-    """`qla-agent run TASK`: 0 when the model answered, 1 on any failure, 130 when interrupted."""
+    """`qla-agent run TASK`: 0 when the model answered, 1 on any failure, 130 when interrupted.
+
+    Each run starts a new conversation (kept in the session file, so `chat` can pick it up) unless
+    `--continue` asks to go on with the one there."""
     _quiet_http_logs(args)
     console, status = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
@@ -213,6 +218,8 @@ def run_task(args: argparse.Namespace) -> int:
         return 1
     printer = EventPrinter(console)
     try:
+        if not args.continue_conversation:
+            agent.new_session()
         turn = agent.run(args.task, printer)
     except AgentError as e:
         printer.end_turn(AssistantTurn())
@@ -237,12 +244,16 @@ def chat(args: argparse.Namespace) -> int:
     except AgentError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 1
+    if sys.stdin.isatty():
+        # Line editing and history for input().
+        import readline  # noqa: F401
     with agent:
         resumed = agent.transcript.session_id
         intro = f"resuming session {resumed}" if resumed else "new session"
         console.print(f"[dim]{intro} · {CHAT_HELP}[/dim]", highlight=False)
         if agent.pending_calls():
-            console.print("[yellow]the last turn was interrupted before its tool calls ran: /continue runs them[/yellow]")
+            console.print("[yellow]the last turn was interrupted before its tool calls ran: "
+                          "/continue runs them[/yellow]")
         while True:
             try:
                 line = console.input("[bold]> [/bold]").strip()
@@ -347,4 +358,5 @@ def _session_action(client: ChatClient, args: argparse.Namespace) -> None:
         print(f"wrote session {args.id} to {args.file} ({len(data)} bytes)")
     else:
         info = client.import_session(args.file.read_bytes(), session_id=args.id)
-        print(f"imported {args.file} as session {info['id']} ({info['n_messages']} messages, {info['n_tokens']} tokens)")
+        print(f"imported {args.file} as session {info['id']} "
+              f"({info['n_messages']} messages, {info['n_tokens']} tokens)")

@@ -12,7 +12,7 @@ import unicodedata
 
 import pytest
 
-from qla_agent.agent import Agent, ChatClient
+from qla_agent.agent import Agent, ChatClient, Transcript
 from qla_agent.cli import main
 from qla_agent.tools.registry import ToolRegistry
 from tests.agent.server_process import OPTIONS, cli_env, free_port, healthy, running, wait_gone
@@ -39,8 +39,9 @@ def workspace(tmp_path):
 
 def test_run_prints_the_streamed_answer_and_exits_0(server, tmp_path, workspace):
     path = tmp_path / "t.json"
-    done = qla("run", "Say hello.", "--url", server.url + "/v1", "--workspace", workspace, "--session-file", path,
-               "--max-tokens", 8, "--seed", 3, "--no-thinking", "--no-start-server")
+    args = ("run", "Say hello.", "--url", server.url + "/v1", "--workspace", workspace, "--session-file", path,
+            "--max-tokens", 8, "--seed", 3, "--no-thinking", "--no-start-server")
+    done = qla(*args)
     assert done.returncode == 0, done.stderr
     saved = json.loads(path.read_text())
     answer = saved["messages"][-1]
@@ -51,6 +52,15 @@ def test_run_prints_the_streamed_answer_and_exits_0(server, tmp_path, workspace)
     assert session["n_messages"] == 2
     # The built-in tools (workspace files, calculator, clock) were offered.
     assert {"read_file", "calculator"} <= {t["function"]["name"] for t in session["tools"]}
+
+    # --continue goes on with the conversation; without it a run starts a new one.
+    again = qla(*args, "--continue")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(path.read_text())["session_id"] == saved["session_id"]
+    assert server.session(saved["session_id"])["n_messages"] == 4
+    fresh = qla(*args)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(path.read_text())["session_id"] != saved["session_id"]
 
 
 @pytest.mark.parametrize("url, message", [
@@ -67,7 +77,8 @@ def test_run_without_a_server_fails_clearly(tmp_path, workspace, url, message):
 
 
 def test_run_refuses_to_start_a_server_for_a_url_without_port(tmp_path, workspace):
-    done = qla("run", "hi", "--url", "http://localhost", "--workspace", workspace, "--session-file", tmp_path / "t.json")
+    done = qla("run", "hi", "--url", "http://localhost", "--workspace", workspace,
+               "--session-file", tmp_path / "t.json")
     assert done.returncode == 1
     assert "one is started only for a local URL with a port" in done.stderr
 
@@ -177,3 +188,26 @@ def test_sessions_commands(server, tmp_path, capsys):
     assert code == 0 and {session_id, "renamed-copy"} <= {s["id"] for s in json.loads(out)}
     code, _, err = cli("import", "--file", tmp_path / "missing.safetensors")
     assert code == 1 and "missing.safetensors" in err
+
+
+def test_chat_shows_tool_calls_and_results_of_an_interrupted_turn(server, tmp_path, workspace):
+    # The model cannot emit calls yet (random weights): the transcript holds an answer whose calls never ran.
+    (workspace / "notes.txt").write_text("hello from the workspace")
+    path = tmp_path / "t.json"
+    calls = [{"id": "call_calc", "type": "function",
+              "function": {"name": "calculator", "arguments": '{"expression": "6*7"}'}},
+             {"id": "call_read", "type": "function",
+              "function": {"name": "read_file", "arguments": '{"path": "notes.txt"}'}}]
+    Transcript(messages=[{"role": "user", "content": "6*7, and what is in notes.txt?"},
+                         {"role": "assistant", "content": "", "tool_calls": calls}]).save(path)
+    done = qla("chat", "--url", server.url, "--workspace", workspace, "--session-file", path, "--max-tokens", 4,
+               "--seed", 1, "--no-start-server", stdin="/continue\n/continue\n/quit\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "the last turn was interrupted before its tool calls ran: /continue runs them" in out
+    assert '→ calculator {"expression": "6*7"}' in out and '→ read_file {"path": "notes.txt"}' in out
+    assert "← calculator 42" in out and "← read_file hello from the workspace" in out
+    assert "nothing to continue" in out
+    saved = json.loads(path.read_text())
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert server.session(saved["session_id"])["n_messages"] == 5
