@@ -9,7 +9,7 @@ in a session (saved to disk), then measures, each on a freshly started engine:
   scratch   a stateless request carrying the whole history + a new question (everything prefilled)
   resume    the same question sent to the saved session: load the file, prefill the question only
   warm      the same question to the session still in memory (for reference)
-each to its first token (max_tokens=1). `cold` evicts the session file from the page cache first
+each to its first token (max_tokens=1; Finished comes later, once the session file is saved). `cold` evicts the session file from the page cache first
 (posix_fadvise DONTNEED; the file is clean after the engine's fsync). Medians of --repeat runs.
 """
 
@@ -89,10 +89,13 @@ def conversation(tokenizer: Tokenizer, template: ChatTemplate, n_tokens: int) ->
 
 
 async def first_token(engine: Engine, request: ChatRequest) -> tuple[float, Finished]:
+    """Seconds to the first event (the first token's text, or Finished when it has none) and Finished."""
     start = time.perf_counter()
+    first = None
     async for event in engine.chat(request):
+        first = first or time.perf_counter() - start
         if isinstance(event, Finished):
-            return time.perf_counter() - start, event
+            return first, event
     raise RuntimeError("no Finished event")
 
 
