@@ -61,7 +61,12 @@ def serve(settings: ServerSettings) -> None:
     console.print(f"qla-agent serving [bold]{engine.model_id}[/bold] on http://{shown}:{port}/v1 "
                   f"(sessions in {settings.sessions_dir}{', API key required' if settings.api_key else ''})")
     config = uvicorn.Config(app, log_level=settings.log_level, lifespan="on", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled after a clean shutdown.
+        pass
+    console.print("qla-agent stopped")
 
 
 def _repo_id(model: str | None) -> str | None:

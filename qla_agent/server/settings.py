@@ -55,11 +55,11 @@ class ServerSettings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        _check_positive(self, "port", "max_body_bytes", "max_import_bytes", "max_tokens",
+        _check_positive(self, "max_body_bytes", "max_import_bytes", "max_tokens",
                         "default_max_tokens", "max_sessions", "max_concurrent_requests",
                         "window_tokens")
-        if self.port > 65535:
-            raise SettingsError(f"port {self.port} is not a TCP port; use 1-65535")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port!r} is not a TCP port; use 1-65535 (0: any free port)")
         if self.sink_tokens < 0:
             raise SettingsError(f"sink_tokens {self.sink_tokens} is negative; use 0 or more")
         if self.memory_policy not in ("full", "bounded"):

@@ -124,7 +124,7 @@ def test_unknown_sessions_and_routes(server):
 @pytest.fixture(scope="module")
 def keyed_server(tiny, tmp_path_factory):
     sessions = tmp_path_factory.mktemp("keyed-sessions")
-    settings = ServerSettings(sessions_dir=sessions, api_key="s3cret", max_tokens=8)
+    settings = ServerSettings(sessions_dir=sessions, api_key="s3cret", max_tokens=8, cors_origins=("http://app.example",))
     with live_server(settings, make_engine(tiny, sessions)) as live:
         yield live
 
@@ -143,7 +143,19 @@ def test_api_key_guards_every_route_but_health(keyed_server):
     assert client.models.list().data[0].id == MODEL_ID
     out = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert out.usage.completion_tokens <= 2
-    # No CORS unless asked for.
-    preflight = httpx.options(server.v1 + "/models", headers={"Origin": "http://evil.example",
-                                                             "Access-Control-Request-Method": "GET"}, timeout=10)
-    assert "access-control-allow-origin" not in preflight.headers
+
+
+
+def preflight(server, origin):
+    return httpx.options(server.v1 + "/models", headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"}, timeout=10)
+
+
+def test_cors_only_for_listed_origins(server, keyed_server):
+    assert "access-control-allow-origin" not in preflight(server, "http://app.example").headers
+    assert preflight(keyed_server, "http://app.example").headers["access-control-allow-origin"] == "http://app.example"
+    assert "access-control-allow-origin" not in preflight(keyed_server, "http://evil.example").headers
+    refused = httpx.get(keyed_server.v1 + "/models", headers={"Origin": "http://app.example"}, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://app.example"
