@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-# Small answers keep every turn of the random embedded model short.
-SERVER_ENV = {"QLA_DEFAULT_MAX_TOKENS": "8", "QLA_MAX_TOKENS": "64"}
+# Small answers keep every turn of the random embedded model short (unless a test asks for more).
+SERVER_ENV = {"QLA_DEFAULT_MAX_TOKENS": "8"}
 START_TIMEOUT_S = 120.0
 # Request options of in-process agents: short seeded answers. Thinking off + preserve_thinking: the template
 # renders history append-only, so a turn resumes where the last one ended.
@@ -101,6 +101,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (no-op when already stopped)."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(10)
         self.process = None
 
     def restart(self) -> None:

@@ -11,6 +11,9 @@ from qla_agent.errors import AgentError
 from qla_agent.tools.registry import ToolRegistry
 from tests.agent.server_process import OPTIONS
 
+# <|endoftext|> and <|im_end|> of the embedded default model's tokenizer.
+EOS_IDS = (256, 258)
+
 
 
 def make_agent(server, path):
@@ -126,6 +129,31 @@ def test_server_restart_continues_the_session(server, tmp_path):
     assert second.session_id == first.session_id
     assert second.usage.cached_tokens > 0
     assert roles(server.session(first.session_id)) == ["user", "assistant", "user", "assistant"]
+
+
+def test_server_crash_mid_answer_takes_the_turn_back_and_the_session_goes_on(server, tmp_path):
+    path = tmp_path / "t.json"
+    # End-of-text tokens banned: the answer cannot finish before the crash.
+    endless = {**OPTIONS, "max_tokens": 20000, "logit_bias": {str(t): -100 for t in EOS_IDS}}
+
+    def crash_on_first_piece(event):
+        if event.kind in ("content", "reasoning"):
+            server.kill()
+
+    with make_agent(server, path) as agent:
+        first = agent.run("before the crash")
+        agent.options = endless
+        with pytest.raises(AgentError, match="failed during a completion|closed the stream"):
+            agent.run("during the crash", crash_on_first_piece)
+        assert on_disk(path)["messages"] == agent.transcript.messages[:2] and on_disk(path)["sent"] == 2
+        server.start()
+        agent.options = OPTIONS
+        second = agent.run("after the crash")
+    assert second.session_id == first.session_id
+    assert second.usage.cached_tokens > 0
+    session = server.session(first.session_id)
+    assert [m["content"] for m in session["messages"] if m["role"] == "user"] == ["before the crash", "after the crash"]
+    assert len(session["messages"]) == 4
 
 
 def test_resent_transcript_keeps_the_reasoning(server, tmp_path):
