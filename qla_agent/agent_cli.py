@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from qla_agent.agent import Agent, AgentError, AgentEvent, ChatClient
 from qla_agent.agent_client import AssistantTurn, normalize_url
+from qla_agent.errors import QlaError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -134,10 +135,11 @@ def build_agent(args: argparse.Namespace, console: Console) -> Agent:
 
     if not args.workspace.is_dir():
         raise AgentError(f"the workspace {args.workspace} is not a folder; create it or pass another --workspace")
-    ensure_server(args.url, args.api_key, console, start=not args.no_start_server)
     tools = ToolRegistry() if args.no_tools else build_registry(ToolSettings(
         workspace=args.workspace, allow_commands=args.enable_commands, allow_fetch=args.enable_network,
         modules=tuple(args.tools_module)))
+    # Local mistakes first: no server is started for a command that cannot run.
+    ensure_server(args.url, args.api_key, console, start=not args.no_start_server)
     options: dict[str, object] = {}
     if args.no_thinking:
         options["chat_template_kwargs"] = {"enable_thinking": False}
@@ -213,7 +215,7 @@ def run_task(args: argparse.Namespace) -> int:
     console, status = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     try:
         agent = build_agent(args, status)
-    except AgentError as e:
+    except (QlaError, OSError) as e:
         status.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 1
     printer = EventPrinter(console)
@@ -221,7 +223,7 @@ def run_task(args: argparse.Namespace) -> int:
         if not args.continue_conversation:
             agent.new_session()
         turn = agent.run(args.task, printer)
-    except AgentError as e:
+    except (QlaError, OSError) as e:
         printer.end_turn(AssistantTurn())
         status.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 1
@@ -241,7 +243,7 @@ def chat(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     try:
         agent = build_agent(args, console)
-    except AgentError as e:
+    except (QlaError, OSError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return 1
     if sys.stdin.isatty():
@@ -274,7 +276,7 @@ def _chat_turn(agent: Agent, console: Console, step) -> None:
     printer = EventPrinter(console)
     try:
         turn = step(printer)
-    except AgentError as e:
+    except (QlaError, OSError) as e:
         printer.end_turn(AssistantTurn())
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         return
@@ -308,7 +310,7 @@ def _command(agent: Agent, line: str, console: Console) -> bool:
             _chat_turn(agent, console, agent.resume)
         else:
             console.print(CHAT_HELP)
-    except AgentError as e:
+    except (QlaError, OSError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
     return False
 

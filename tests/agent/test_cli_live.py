@@ -76,6 +76,15 @@ def test_run_without_a_server_fails_clearly(tmp_path, workspace, url, message):
     assert "Traceback" not in done.stderr
 
 
+def test_run_reports_a_broken_tools_module_before_contacting_a_server(tmp_path, workspace):
+    (tmp_path / "broken_tools.py").write_text("raise RuntimeError('this module is broken')\n")
+    done = qla("run", "hi", "--url", f"http://127.0.0.1:{free_port()}", "--workspace", workspace,
+               "--session-file", tmp_path / "t.json", "--tools-module", tmp_path / "broken_tools.py")
+    assert done.returncode == 1
+    assert "broken_tools.py" in done.stderr and "Traceback" not in done.stderr
+    assert "started a server" not in done.stderr
+
+
 def test_run_refuses_to_start_a_server_for_a_url_without_port(tmp_path, workspace):
     done = qla("run", "hi", "--url", "http://localhost", "--workspace", workspace,
                "--session-file", tmp_path / "t.json")
