@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import unicodedata
+from pathlib import Path
 
+import httpx
 import pytest
 
 from qla_agent.agent import Agent, ChatClient, Transcript
@@ -125,7 +127,7 @@ def test_run_starts_a_server_in_the_background(tmp_path, workspace):
     pid = None
     try:
         done = qla("run", "hi", "--url", url, "--workspace", workspace, "--session-file", path, "--no-tools",
-                   "--max-tokens", 4, env=env)
+                   "--max-tokens", 4, "--api-key", "s3cret-key", env=env)
         assert done.returncode == 0, done.stderr + (cache / "qla-agent" / f"server-{port}.log").read_text()
         pid = int(pid_file.read_text())
         assert f"started a server at {url} in the background (pid {pid}" in done.stderr
@@ -133,6 +135,9 @@ def test_run_starts_a_server_in_the_background(tmp_path, workspace):
         assert running(pid) and healthy(url)
         session_id = json.loads(path.read_text())["session_id"]
         assert any(session_id in p.name for p in sessions.iterdir())
+        # It requires the key it got through its environment, never on its command line.
+        assert httpx.get(f"{url}/v1/sessions", timeout=30).status_code == 401
+        assert b"s3cret-key" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     finally:
         if pid_file.exists():
             pid = int(pid_file.read_text())
