@@ -15,6 +15,6 @@ def tiny(tmp_path_factory) -> TinyModel:
 def server(tiny, tmp_path_factory):
     """A shared server for tests that do not depend on each other's sessions."""
     sessions = tmp_path_factory.mktemp("sessions")
-    settings = ServerSettings(sessions_dir=sessions, max_tokens=64, default_max_tokens=8, max_body_bytes=64 * 1024)
+    settings = ServerSettings(sessions_dir=sessions, max_tokens=1000, default_max_tokens=8, max_body_bytes=64 * 1024)
     with live_server(settings, make_engine(tiny, sessions)) as live:
         yield live

@@ -1,5 +1,7 @@
 """Bad requests against the real server: right status, OpenAI's error body, and the server keeps serving."""
 
+import random
+
 import httpx
 import openai
 import pytest
@@ -68,7 +70,7 @@ def test_openai_client_sees_typed_errors(server):
     messages = [{"role": "user", "content": "x"}]
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=10**9)
-    assert info.value.body["param"] == "max_tokens" and "limit of 64" in info.value.body["message"]
+    assert info.value.body["param"] == "max_tokens" and "limit of 1000" in info.value.body["message"]
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-9", messages=messages)
     assert info.value.body["code"] == "model_not_found"
@@ -159,3 +161,35 @@ def test_cors_only_for_listed_origins(server, keyed_server):
     refused = httpx.get(keyed_server.v1 + "/models", headers={"Origin": "http://app.example"}, timeout=10)
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == "http://app.example"
+
+
+def test_stream_request_errors_are_http_errors_not_events(server):
+    body = {**OK_BODY, "stream": True, "messages": [{"role": "user", "content": "z " * 3000}]}
+    check_error(post(server, body), 400, code="context_length_exceeded")
+    check_error(post(server, {**OK_BODY, "stream": True, "session_id": "sess_gone"}), 404, code="session_not_found")
+
+
+def _mutations(rng):
+    """Bodies near a valid request: a field dropped, retyped or replaced by junk."""
+    junk = [None, -1, 0, 1e308, "", "x" * 300, [], {}, [None], {"a": [1, {"b": None}]}, True, "\u0000\ud7ff"]
+    fields = ["model", "messages", "max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice",
+              "stream", "stream_options", "seed", "logit_bias", "session_id", "chat_template_kwargs", "n"]
+    for _ in range(40):
+        body = {**OK_BODY, "max_tokens": 1}
+        for _ in range(rng.randint(1, 3)):
+            field = rng.choice(fields)
+            if rng.random() < 0.2:
+                body.pop(field, None)
+            else:
+                body[field] = rng.choice(junk)
+        body["max_tokens"] = body.get("max_tokens") if body.get("max_tokens") in (None, -1, 0) else 1
+        yield body
+
+
+def test_junk_near_a_valid_body_never_crashes_the_server(server):
+    for body in _mutations(random.Random(1234)):
+        response = post(server, body)
+        assert response.status_code in (200, 400, 404, 409, 422), (body, response.text)
+        if response.status_code != 200:
+            check_error(response, response.status_code)
+    still_serving(server)

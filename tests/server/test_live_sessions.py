@@ -91,7 +91,7 @@ def test_session_survives_a_restart(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def tight_server(tiny, tmp_path_factory):
     sessions = tmp_path_factory.mktemp("tight-sessions")
-    settings = ServerSettings(sessions_dir=sessions, max_sessions=2, max_concurrent_requests=1, max_tokens=64)
+    settings = ServerSettings(sessions_dir=sessions, max_sessions=2, max_concurrent_requests=1, max_tokens=1000)
     with live_server(settings, make_engine(tiny, sessions)) as live:
         yield live
 
@@ -102,7 +102,7 @@ def test_limits_answer_429(tight_server, tiny):
     api(server, "POST", "/sessions", json={})
     full = httpx.post(server.v1 + "/sessions", json={}, timeout=10)
     assert full.status_code == 429 and full.json()["error"]["code"] == "too_many_sessions"
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 64, "stream": True,
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 1000, "stream": True,
             "logit_bias": no_stop(tiny)}
     with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as running:
         assert running.status_code == 200

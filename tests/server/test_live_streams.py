@@ -25,7 +25,7 @@ def wait_for(predicate, timeout=20.0):
 
 def test_disconnect_mid_stream_cancels_generation(server, tiny):
     cancelled = server.engine.stats().requests_cancelled
-    body = {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 64, "stream": True,
+    body = {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 1000, "stream": True,
             "temperature": 0, "enable_thinking": False, "logit_bias": no_stop(tiny)}
     with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -38,11 +38,11 @@ def test_disconnect_mid_stream_cancels_generation(server, tiny):
 
 def test_disconnect_while_waiting_for_a_plain_answer_cancels_it(server, tiny):
     cancelled = server.engine.stats().requests_cancelled
-    body = {"messages": [{"role": "user", "content": "Another long story"}], "max_tokens": 64, "temperature": 0,
+    body = {"messages": [{"role": "user", "content": "Another long story"}], "max_tokens": 1000, "temperature": 0,
             "enable_thinking": False, "logit_bias": no_stop(tiny)}
     try:
-        httpx.post(server.v1 + "/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.3))
-        raise AssertionError("64 tokens in 0.3 s: make the request slower to test a disconnect")
+        httpx.post(server.v1 + "/chat/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+        raise AssertionError("1000 tokens in 0.5 s: make the request longer to test a disconnect")
     except httpx.ReadTimeout:
         pass
     wait_for(lambda: server.engine.stats().requests_cancelled > cancelled)
