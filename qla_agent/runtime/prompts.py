@@ -64,32 +64,31 @@ class Renderer:
     ) -> tuple[Boundary, ...]:
         """Message boundaries of `prompt` (rendered from `messages`) at token `above` or later, ascending.
 
-        Renders prefixes from the longest down and stops below `above`, so the cost follows the new
-        messages, not the whole history.
+        Walks from the last message back and stops below `above`. Each candidate's text is encoded
+        only up to the boundary after it (tokens[n:next] must equal it), so the cost follows the new
+        messages, not the whole history. Resuming compares tokens exactly, so a boundary only decides
+        where checkpoints are taken, never what they are used for.
         """
         min_chars = len(self.tokenizer.decode(prompt.tokens[:above])) if above else 0
         found: list[Boundary] = []
+        # The latest verified split: (chars, tokens); the end of the prompt is one.
+        later = (len(prompt.text), len(prompt.tokens))
         for i in range(len(messages), 0, -1):
-            chars, boundary = self._boundary(prompt, messages, i, tools=tools, template_kwargs=template_kwargs)
-            if boundary is not None and boundary.n_tokens >= above:
-                found.append(boundary)
-            if chars < min_chars or (boundary is not None and boundary.n_tokens <= above):
+            try:
+                prefix = self.template.render(messages[:i], tools=tools, add_generation_prompt=False, **template_kwargs)
+            except ChatTemplateError:
+                # Templates refuse some prefixes (e.g. no user message yet): no boundary there.
+                continue
+            chars = len(prefix)
+            if 0 < chars <= later[0] and prompt.text.startswith(prefix):
+                piece = self.tokenizer.encode(prompt.text[chars : later[0]])
+                n = later[1] - len(piece)
+                if n >= 0 and prompt.tokens[n : later[1]].tolist() == piece:
+                    later = (chars, n)
+                    if n >= above:
+                        found.append(Boundary(n_tokens=n, n_messages=i))
+                    if n <= above:
+                        break
+            if chars < min_chars:
                 break
         return tuple(reversed(found))
-
-    def _boundary(
-        self, prompt: Prompt, messages: Messages, i: int, *, tools: Tools, template_kwargs: Mapping[str, Any]
-    ) -> tuple[int, Boundary | None]:
-        """(length in chars of the first `i` messages rendered, their boundary or None if not shared)."""
-        try:
-            prefix = self.template.render(messages[:i], tools=tools, add_generation_prompt=False, **template_kwargs)
-        except ChatTemplateError:
-            # Templates refuse some prefixes (e.g. no user message yet): no boundary there.
-            return len(prompt.text), None
-        if not prefix or not prompt.text.startswith(prefix):
-            return len(prefix), None
-        prefix_tokens = token_array(self.tokenizer.encode(prefix))
-        n = len(prefix_tokens)
-        if prompt.tokens[:n] != prefix_tokens:
-            return len(prefix), None
-        return len(prefix), Boundary(n_tokens=n, n_messages=i)
