@@ -1,6 +1,7 @@
 """Time the GDN prefill: our TileLang kernels vs FLA Triton vs FlashQLA, in one run on one GPU.
 
-    source .device/setup.sh && python benchmarks/kernels.py [--shapes NAME ...] [--no-flashqla] [--json PATH]
+    source .device/setup.sh && python benchmarks/kernels.py [--shapes NAME ...] [--impls ours,fla,flashqla]
+        [--variants v1,t128,...] [--json PATH]
 
 Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
 q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
@@ -14,7 +15,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 os.environ.setdefault("FLA_FLASH_QLA", "0")
 
@@ -88,29 +89,40 @@ def input_sets(shape: BenchShape, device: torch.device) -> list[dict]:
     return [make_inputs(shape, device, seed) for seed in range(count)]
 
 
-VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
+VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0", "append 256 16/16 +h0")
+# Named variants of our kernels (gdn_prefill keyword arguments), timed on VARIANT_SHAPES.
+VARIANTS = {
+    "v1": dict(scan_overrides=dict(threads=128, split_k=False)),
+    "t128": dict(scan_overrides=dict(threads=128)),
+    "bv16": dict(block_v=16),
+    "bv32": dict(block_v=32),
+    "bv64": dict(block_v=64),
+    "prep": dict(prep_only=True),
+}
 
 
-def ours(block_v: int | None):
-    """Our prefill as fn(inputs), optionally with a forced state-slice width."""
+def ours(**overrides):
+    """Our prefill as fn(inputs); overrides are extra gdn_prefill keyword arguments (a variant)."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     return lambda x: gdn_prefill(
         x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["initial_state"],
-        cu_seqlens=x["cu_seqlens"], use_qk_l2norm=True, block_v=block_v,
+        cu_seqlens=x["cu_seqlens"], use_qk_l2norm=True, **overrides,
     )
 
 
-def runners(no_flashqla: bool) -> dict:
-    """name -> fn(inputs) for every implementation that imports here."""
-    out = {"ours": ours(None)}
+def runners(impls: list[str]) -> dict:
+    """name -> fn(inputs) for the requested implementations ("ours", "fla", "flashqla")."""
+    out = {"ours": ours()}
+    if "fla" not in impls:
+        return out
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
 
     out["fla"] = lambda x: fla_chunk(
         x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["initial_state"], output_final_state=True,
         cu_seqlens=None if x["cu_seqlens"] is None else x["cu_seqlens"].long(), use_qk_l2norm_in_kernel=True,
     )
-    if not no_flashqla and torch.cuda.get_device_capability()[0] >= 9:
+    if "flashqla" in impls and torch.cuda.get_device_capability()[0] >= 9:
         import flash_qla
 
         out["flashqla"] = lambda x: flash_qla.chunk_gated_delta_rule(
@@ -129,17 +141,18 @@ def roofline_ms(shape: BenchShape) -> float:
     return 1e3 * max(flops / MATMUL_FLOPS, bytes_moved / COPY_BYTES)
 
 
-def time_shape(shape: BenchShape, fns: dict, variants: list[int]) -> dict:
+def time_shape(shape: BenchShape, fns: dict, variants: list[str]) -> dict:
     """Median ms per implementation, and our max relative deviation from FLA on the first input set."""
     import triton
 
     sets = input_sets(shape, torch.device("cuda"))
     row = {"shape": shape.name, "roofline_ms": roofline_ms(shape)}
-    ref = fns["fla"](sets[0])[0].float()
-    mine = fns["ours"](sets[0])[0].float()
-    row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+    if "fla" in fns:
+        ref = fns["fla"](sets[0])[0].float()
+        mine = fns["ours"](sets[0])[0].float()
+        row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
     if shape.name in VARIANT_SHAPES:
-        fns = {**fns, **{f"ours_bv{bv}": ours(bv) for bv in variants}}
+        fns = {**fns, **{f"ours_{name}": ours(**VARIANTS[name]) for name in variants}}
     for name, fn in fns.items():
         state = {"i": 0}
 
@@ -158,12 +171,15 @@ def format_table(rows: list[dict], card: str) -> str:
         "| shape | ours ms | FLA ms | FlashQLA ms | FLA/ours | FQ/ours | ours % roof | max|ours-FLA|/max|FLA| |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    def cell(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for r in rows:
-        fq = r.get("flashqla")
-        fq_ms, fq_ratio = ("-", "-") if fq is None else (f"{fq:.3f}", f"{fq / r['ours']:.2f}")
+        fla, fq, mine = r.get("fla"), r.get("flashqla"), r["ours"]
         lines.append(
-            f"| {r['shape']} | {r['ours']:.3f} | {r['fla']:.3f} | {fq_ms} | {r['fla'] / r['ours']:.2f} | {fq_ratio} | "
-            f"{100 * r['roofline_ms'] / r['ours']:.0f}% | {r['ours_vs_fla']:.1e} |"
+            f"| {r['shape']} | {mine:.3f} | {cell(fla, '.3f')} | {cell(fq, '.3f')} | "
+            f"{cell(fla and fla / mine, '.2f')} | {cell(fq and fq / mine, '.2f')} | "
+            f"{100 * r['roofline_ms'] / mine:.0f}% | {cell(r.get('ours_vs_fla'), '.1e')} |"
         )
     return "\n".join(lines)
 
@@ -171,22 +187,22 @@ def format_table(rows: list[dict], card: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
-    parser.add_argument("--no-flashqla", action="store_true")
+    parser.add_argument("--impls", default="ours,fla,flashqla", help="comma-separated: ours, fla, flashqla")
     parser.add_argument("--json", help="write the rows here too")
-    parser.add_argument("--variants", default="", help="comma-separated block_v values to time on VARIANT_SHAPES")
+    parser.add_argument("--variants", default="", help=f"comma-separated names from {sorted(VARIANTS)}")
     args = parser.parse_args()
     shapes = [s for s in SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
-    fns = runners(args.no_flashqla)
-    variants = [int(v) for v in args.variants.split(",") if v]
+    fns = runners(args.impls.split(","))
+    variants = [v for v in args.variants.split(",") if v]
     rows = []
     for shape in shapes:
         rows.append(time_shape(shape, fns, variants))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "rows": rows, "shapes": [asdict(s) for s in shapes]}, f)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"card": torch.cuda.get_device_name(), "rows": rows}, f)
     for r in rows:
-        extra = {k: round(v, 4) for k, v in r.items() if k.startswith("ours_bv")}
+        extra = {k: round(v, 4) for k, v in r.items() if k.startswith("ours_") and k != "ours_vs_fla"}
         if extra:
             print(f"variants {r['shape']}: {extra}")
     print(format_table(rows, torch.cuda.get_device_name()))

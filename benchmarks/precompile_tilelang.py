@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.kernels import SHAPES, VARIANT_SHAPES  # noqa: E402
+from benchmarks.kernels import SHAPES, VARIANT_SHAPES, VARIANTS  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
 from tests.kernels.test_tilelang_prefill import CASES  # noqa: E402
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 H100_SMS = 132
 
 
-def wanted_configs(arch: str, variants: tuple[int, ...] = ()) -> list:
+def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
     common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS, gate_dtype=torch.float32)
     calls = [
@@ -51,7 +51,9 @@ def wanted_configs(arch: str, variants: tuple[int, ...] = ()) -> list:
         if s.name in VARIANT_SHAPES:
             call = dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
                         varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
-            pairs += [(chunk_scan.program, prefill_configs(**call, **common, block_v=bv)[1]) for bv in variants]
+            for name in variants:
+                kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
+                pairs.append((chunk_scan.program, prefill_configs(**call, **common, **kwargs)[1]))
     return list(dict.fromkeys(pairs))
 
 
@@ -68,10 +70,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90a", choices=build.ARCHS)
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
-    parser.add_argument("--variants", default="", help="comma-separated block_v values, as for benchmarks/kernels.py")
+    parser.add_argument("--variants", default="", help="comma-separated variant names, as for benchmarks/kernels.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    pairs = wanted_configs(args.arch, tuple(int(v) for v in args.variants.split(",") if v))
+    pairs = wanted_configs(args.arch, tuple(v for v in args.variants.split(",") if v))
     logger.info("%d kernels to compile for %s", len(pairs), args.arch)
     with ProcessPoolExecutor(args.jobs) as pool:
         for done in pool.map(_compile, pairs, [args.arch] * len(pairs)):

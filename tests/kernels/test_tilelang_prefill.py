@@ -1,9 +1,10 @@
 """GPU tests of the TileLang GDN prefill against the fp64 reference, with FLA's error as the yardstick.
 
 Every case runs our kernels on bf16/fp16 inputs, and the fp64 reference on the same (rounded) inputs;
-our relative error must stay within 2x FLA Triton's error on the same inputs (or 5e-3 where FLA is
-not installed). Outputs are allocated NaN-filled, and the allocator cache is NaN-filled before each
-run, so an element the kernels never write fails the comparison.
+our relative error must stay within 2x FLA Triton's error on the same inputs. Where FLA is not
+installed, or skipped with QLA_TEST_SKIP_FLA=1 (its Triton autotuning costs tens of seconds per head
+config on a short GPU lease), the bound is FALLBACK_BOUND. Outputs are allocated NaN-filled, and the
+allocator cache is NaN-filled before each run, so an element the kernels never write fails.
 """
 
 import os
@@ -17,7 +18,8 @@ from tests.kernels.gdn_inputs import GdnShape, gdn_inputs, rel_err
 
 pytestmark = pytest.mark.gpu
 
-FALLBACK_BOUND = 5e-3
+# FLA Triton lands near 3e-3 to 5e-3 on these bf16 inputs; without it, allow twice that.
+FALLBACK_BOUND = 1e-2
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,8 @@ def _kwargs(case: PrefillCase, x: dict[str, torch.Tensor]) -> dict:
 
 def _fla_error(case: PrefillCase, x: dict[str, torch.Tensor], ref: torch.Tensor) -> float | None:
     """FLA Triton's relative error on the same inputs, or None where FLA is missing."""
+    if os.environ.get("QLA_TEST_SKIP_FLA") == "1":
+        return None
     os.environ.setdefault("FLA_FLASH_QLA", "0")
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule

@@ -58,6 +58,6 @@ SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_9
 def launch_smem_bytes(kernel: Any) -> int:
     """Dynamic shared memory the compiled kernel launches with, read from its host launcher source."""
     host = kernel.get_host_source()
-    launch = host[: host.index("_packed == NULL")]
+    launch = host[: host.index("_kernel_packed == NULL")]
     values = re.findall(r"v_int64\) = \(\(int64_t\)(\d+)\);", launch)
     return int(values[-1])

@@ -33,8 +33,11 @@ class ScanConfig:
     store_final_state: bool
     varlen: bool
     block_v: int = 64
-    threads: int = 128
+    threads: int = 256
     num_stages: int = 1
+    # A second K tile for the state update: the first one's last use is then at the top of a chunk,
+    # so its prefetch for the next chunk overlaps this chunk's work instead of stalling the next.
+    split_k: bool = True
 
 
 def program(cfg: ScanConfig):
@@ -50,9 +53,11 @@ def program(cfg: ScanConfig):
 
     @T.macro
     def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
-        q_s, k_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf = smem
+        q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = smem
         T.copy(q[bos:bos + C, hk, 0:D], q_s)
         T.copy(k[bos:bos + C, hk, 0:D], k_s)
+        if cfg.split_k:
+            T.copy(k[bos:bos + C, hk, 0:D], k2_s)
         T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
         T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
         T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
@@ -62,16 +67,19 @@ def program(cfg: ScanConfig):
         T.gemm(q_s, s_s, qs, clear_accum=True)
         for r, x in T.Parallel(C, BV):
             w_s[r, x] = T.cast(T.cast(v_s[r, x], f32) - vec_s[0, r] * ks[r, x], dt)
+            qs[r, x] = qs[r, x] * vec_s[1, r]
+        lam[0] = vec_s[3, 0]
         T.gemm(t_s, w_s, uf, clear_accum=True)
         for r, x in T.Parallel(C, BV):
             u_s[r, x] = T.cast(uf[r, x], dt)
             ud_s[r, x] = T.cast(uf[r, x] * vec_s[2, r], dt)
-        for r, x in T.Parallel(C, BV):
-            qs[r, x] = qs[r, x] * vec_s[1, r]
         T.gemm(p_s, u_s, qs)
         for kk, x in T.Parallel(D, BV):
-            S[kk, x] = S[kk, x] * vec_s[3, 0]
-        T.gemm(k_s, ud_s, S, transpose_A=True)
+            S[kk, x] = S[kk, x] * lam[0]
+        if cfg.split_k:
+            T.gemm(k2_s, ud_s, S, transpose_A=True)
+        else:
+            T.gemm(k_s, ud_s, S, transpose_A=True)
         T.copy(qs, o_s)
         for r, x in T.Parallel(C, BV):
             if bos + r < eos:
@@ -111,6 +119,7 @@ def program(cfg: ScanConfig):
             smem = (
                 T.alloc_shared((C, D), dt),
                 T.alloc_shared((C, D), dt),
+                T.alloc_shared((C, D) if cfg.split_k else (1, 8), dt),
                 T.alloc_shared((C, BV), dt),
                 T.alloc_shared((C, C), dt),
                 T.alloc_shared((C, C), dt),
@@ -123,6 +132,7 @@ def program(cfg: ScanConfig):
                 T.alloc_fragment((C, BV), f32),
                 T.alloc_fragment((C, BV), f32),
                 T.alloc_fragment((C, BV), f32),
+                T.alloc_local((1,), f32),
             )
             S = T.alloc_fragment((D, BV), f32)
             if cfg.has_initial_state:

@@ -4,6 +4,7 @@ No host synchronisation: sequence boundaries are read on the device (the kernels
 and every buffer size follows from tensor shapes alone, so a call can be captured in a CUDA graph.
 """
 
+import dataclasses
 import functools
 import logging
 
@@ -39,9 +40,12 @@ def pick_block_v(arch: str, parallel_units: int, sm_count: int) -> int:
 def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
-    arch: str, sm_count: int, block_v: int | None = None,
+    arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
-    """The two kernel configs of one call (a pure function of shapes and flags, for precompiling too)."""
+    """The two kernel configs of one call (a pure function of shapes and flags, for precompiling too).
+
+    scan_overrides replaces ScanConfig fields (threads, split_k, ...) for benchmarking variants.
+    """
     tl_dtype = TORCH_TO_TL[dtype]
     prep = chunk_prep.PrepConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=TORCH_TO_TL[gate_dtype],
@@ -53,7 +57,7 @@ def prefill_configs(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0,
         store_final_state=store_ht, varlen=varlen, block_v=block_v,
     )
-    return prep, scan
+    return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
 
 @functools.cache
@@ -67,12 +71,14 @@ def gdn_prefill(
     cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
+    scan_overrides: dict | None = None, prep_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
     q, k [B,T,Hk,128]; v [B,T,Hv,128] bf16/fp16; g, beta [B,T,Hv]; initial_state [N,Hv,128,128] fp32
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
-    (contiguous, those shapes and dtypes) receive the results when given; block_v overrides the tile.
+    (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
+    override the scan tile config, prep_only stops after the first launch (for timing it).
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
@@ -89,7 +95,7 @@ def gdn_prefill(
         key_heads=hk, value_heads=hv, dtype=q.dtype, gate_dtype=g.dtype, param_dtype=param_dtype,
         scale=dim**-0.5 if scale is None else scale, raw_gates=raw_gates, l2norm=use_qk_l2norm, varlen=varlen,
         has_h0=initial_state is not None, store_ht=output_final_state, num_seqs=num_seqs, arch=arch,
-        sm_count=sm_count, block_v=block_v,
+        sm_count=sm_count, block_v=block_v, scan_overrides=scan_overrides,
     )
     prep = build.compiled(chunk_prep.program, prep_cfg, arch)
     scan = build.compiled(chunk_scan.program, scan_cfg, arch)
@@ -110,6 +116,8 @@ def gdn_prefill(
     pmat = torch.empty_like(tmat)
     vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
     prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen)
+    if prep_only:
+        return tmat, vecs
 
     o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
     placeholder = _dummy((1, hv, dim, dim), torch.float32, device)
