@@ -41,11 +41,19 @@ class Tiny:
         return {i: 100.0 for i in ids}
 
 
+# One tiny model per test session, shared by every module that imports the fixture (pytest would
+# otherwise build it once per importing module).
+_BUILT: dict[str, Tiny] = {}
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Tiny:
-    path = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3_5", "qwen3_5", seed=3)
-    model = load_model(path, device="cpu", dtype=torch.float32, progress=False)
-    return Tiny(path, model, Tokenizer.from_dir(path), ChatTemplate.from_dir(path))
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _BUILT:
+        path = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3_5", "qwen3_5", seed=3)
+        model = load_model(path, device="cpu", dtype=torch.float32, progress=False)
+        _BUILT[key] = Tiny(path, model, Tokenizer.from_dir(path), ChatTemplate.from_dir(path))
+    return _BUILT[key]
 
 
 def make_engine(tiny: Tiny, **settings: Any) -> Engine:
