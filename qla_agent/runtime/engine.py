@@ -8,6 +8,25 @@
 
 Torch work runs on a background thread (`scheduler.py`); `chat` and the session API are async and
 never block the event loop on the model.
+
+Semantics callers rely on:
+- Sessions: a request with `session_id` appends its messages to the session's (see ChatRequest for
+  `keep_messages`: regenerate / edit the last turn); without one, the request's messages are the
+  whole conversation and the engine picks or creates an implicit session (Finished.session_id).
+- Reuse: the prompt is rendered with the chat template and tokenized; the session resumes from its
+  whole history or its latest message-boundary checkpoint that prefixes the prompt, and prefills only
+  the rest (Usage.cached_tokens counts what was reused). The completion is stored as an assistant
+  message with the raw text; when the template renders it as the model generated it, the session ends
+  the turn on a checkpoint after it, otherwise it falls back to the checkpoint before it.
+- Busy: one request per session at a time; a second one raises SessionError("... busy ...").
+- Cancel (the caller's aclose() / task cancellation): the request stops at the next step and the
+  session is as before the request: its messages unchanged, its state rolled back to the last
+  checkpoint of those messages (nothing is saved). Finished("cancelled") is sent if anyone listens.
+- Durability: after a completed turn the session file is written (writer thread); Finished is sent
+  once it is durable, so a crash after Finished never loses the turn.
+- Limits: full policy: prompt + completion <= context_length (ContextOverflowError names the excess
+  before the request starts; finish_reason "length" when the completion reaches it); bounded policy:
+  no limit, fixed memory.
 """
 
 from __future__ import annotations
