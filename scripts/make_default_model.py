@@ -32,6 +32,18 @@ SPECIAL_TOKENS: list[tuple[str, bool]] = [
 ]
 
 
+_THINKING_ON_BY_DEFAULT = """    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- else %}
+        {{- '<think>\\n' }}
+    {%- endif %}"""
+_THINKING_OFF_BY_DEFAULT = """    {%- if enable_thinking is defined and enable_thinking is true %}
+        {{- '<think>\\n' }}
+    {%- else %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}"""
+
+
 def byte_level_tokenizer() -> Tokenizer:
     """A byte-level BPE with no merges: one token per byte (ids 0-255), then the specials."""
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -72,7 +84,11 @@ def write_default_model(out: Path, template: Path) -> None:
     torch.manual_seed(0)
     model = Qwen3_5ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    (out / "chat_template.jinja").write_text(template.read_text())
+    # Like the small Qwen3.5 checkpoints (0.8B-9B), thinking is off unless the request turns it on.
+    text = template.read_text().replace(_THINKING_ON_BY_DEFAULT, _THINKING_OFF_BY_DEFAULT)
+    if text == template.read_text():
+        raise SystemExit(f"{template} has no generation prompt to switch thinking off by default")
+    (out / "chat_template.jinja").write_text(text)
     tokenizer_config = {
         "tokenizer_class": "Qwen2TokenizerFast",
         "eos_token": "<|im_end|>",

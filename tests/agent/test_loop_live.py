@@ -158,8 +158,8 @@ def test_server_crash_mid_answer_takes_the_turn_back_and_the_session_goes_on(ser
 
 def test_resent_transcript_keeps_the_reasoning(server, tmp_path):
     # Thinking on: the answer starts inside <think>, so the server streams it as reasoning.
-    with Agent(ChatClient(server.url), ToolRegistry(), tmp_path / "t.json",
-               request_options={"max_tokens": 6, "seed": 7}) as agent:
+    options = {"max_tokens": 6, "seed": 7, "chat_template_kwargs": {"enable_thinking": True}}
+    with Agent(ChatClient(server.url), ToolRegistry(), tmp_path / "t.json", request_options=options) as agent:
         first = agent.run("think first")
         kept = agent.transcript.messages[1]
         assert first.reasoning and kept == {"role": "assistant", "content": first.content,
