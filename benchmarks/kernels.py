@@ -93,6 +93,7 @@ VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16
 # Named variants of our kernels (gdn_prefill keyword arguments), timed on VARIANT_SHAPES.
 VARIANTS = {
     "v1": dict(scan_overrides=dict(threads=128, split_k=False)),
+    "v2": dict(scan_overrides=dict(threads=256, split_k=True)),
     "t128": dict(scan_overrides=dict(threads=128)),
     "bv16": dict(block_v=16),
     "bv32": dict(block_v=32),

@@ -28,7 +28,7 @@ H100_SMS = 132
 
 def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
-    common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS, gate_dtype=torch.float32)
+    common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS)
     calls = [
         dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, raw_gates=c.raw_gates, l2norm=c.l2norm,
              varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht, num_seqs=len(c.lens) if c.lens else c.shape.B)
@@ -38,6 +38,13 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                       has_h0=True, store_ht=True, num_seqs=1))
     calls.append(dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
                       has_h0=True, store_ht=True, num_seqs=1))
+    # The runtime's GDN layer (qla_agent/runtime/layers/gdn.py): raw bf16 gates, l2norm, state in and out,
+    # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts.
+    calls += [
+        dict(key_heads=16, value_heads=hv, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, raw_gates=True,
+             l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1)
+        for hv in (16, 32)
+    ]
     calls += [
         dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
              varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
@@ -45,7 +52,7 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     ]
     pairs = []
     for call in calls:
-        prep, scan = prefill_configs(**call, **common)
+        prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
         pairs += [(chunk_prep.program, prep), (chunk_scan.program, scan)]
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
@@ -53,7 +60,7 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                         varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
             for name in variants:
                 kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
-                pairs.append((chunk_scan.program, prefill_configs(**call, **common, **kwargs)[1]))
+                pairs.append((chunk_scan.program, prefill_configs(**call, **common, gate_dtype=torch.float32, **kwargs)[1]))
     return list(dict.fromkeys(pairs))
 
 

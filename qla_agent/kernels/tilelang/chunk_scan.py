@@ -33,11 +33,11 @@ class ScanConfig:
     store_final_state: bool
     varlen: bool
     block_v: int = 64
-    threads: int = 256
+    threads: int = 128
     num_stages: int = 1
     # A second K tile for the state update: the first one's last use is then at the top of a chunk,
-    # so its prefetch for the next chunk overlaps this chunk's work instead of stalling the next.
-    split_k: bool = True
+    # so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
+    split_k: bool = False
 
 
 def program(cfg: ScanConfig):

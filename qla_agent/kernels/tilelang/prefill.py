@@ -30,11 +30,18 @@ def _dummy(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return _dummies[key]
 
 
-def pick_block_v(arch: str, parallel_units: int, sm_count: int) -> int:
-    """State columns per CTA: 64 when (sequences x heads x 2) fills the GPU, else 32 for more CTAs."""
-    if arch in SMALL_SMEM_ARCHS:
-        return 32
-    return 64 if parallel_units * 2 >= sm_count else 32
+def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
+    """block_v, threads and split_k of chunk_scan for N x Hv = parallel_units (measured on the H100).
+
+    Few units (8 heads, one sequence): 16-column slices on 8 warps with the second K tile
+    (1.09 ms vs 1.33 on 1x32768 2/8); otherwise 4 warps, 32 columns, or 64 once 2 CTAs per unit fill
+    the GPU (sm_86/89 cap at 32 for their 99 KB of shared memory). See benchmarks/NOTES.md.
+    """
+    if parallel_units * 8 <= sm_count:
+        return dict(block_v=16, threads=256, split_k=True)
+    if arch in SMALL_SMEM_ARCHS or parallel_units * 2 < sm_count:
+        return dict(block_v=32, threads=128, split_k=False)
+    return dict(block_v=64, threads=128, split_k=False)
 
 
 def prefill_configs(
@@ -51,11 +58,12 @@ def prefill_configs(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=TORCH_TO_TL[gate_dtype],
         param_dtype=TORCH_TO_TL[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
     )
-    if block_v is None:
-        block_v = pick_block_v(arch, num_seqs * value_heads, sm_count)
+    tile = pick_scan_tile(arch, num_seqs * value_heads, sm_count)
+    if block_v is not None:
+        tile["block_v"] = block_v
     scan = chunk_scan.ScanConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0,
-        store_final_state=store_ht, varlen=varlen, block_v=block_v,
+        store_final_state=store_ht, varlen=varlen, **tile,
     )
     return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
@@ -63,6 +71,27 @@ def prefill_configs(
 @functools.cache
 def _device_facts(device: torch.device) -> tuple[str | None, int]:
     return build.device_arch(device), torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _flat_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    cu_seqlens: torch.Tensor | None, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Token-major contiguous views [B*T, H, D] / [B*T, H], int32 offsets, gate parameters (or placeholders)."""
+    batch, seqlen, hk, dim = q.shape
+    hv, ntok, device = v.shape[2], batch * seqlen, q.device
+    q2, k2 = q.reshape(ntok, hk, dim).contiguous(), k.reshape(ntok, hk, dim).contiguous()
+    v2 = v.reshape(ntok, hv, dim).contiguous()
+    g2, b2 = g.reshape(ntok, hv).contiguous(), beta.reshape(ntok, hv).contiguous()
+    if cu_seqlens is None:
+        cu = _dummy((2,), torch.int32, device)
+    else:
+        cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+    if A_log is None:
+        a_log = dtb = _dummy((hv,), torch.float32, device)
+    else:
+        a_log, dtb = A_log.contiguous(), dt_bias.to(A_log.dtype).contiguous()
+    return q2, k2, v2, g2, b2, cu, a_log, dtb
 
 
 def gdn_prefill(
@@ -100,18 +129,7 @@ def gdn_prefill(
     prep = build.compiled(chunk_prep.program, prep_cfg, arch)
     scan = build.compiled(chunk_scan.program, scan_cfg, arch)
 
-    q2, k2 = q.reshape(ntok, hk, dim).contiguous(), k.reshape(ntok, hk, dim).contiguous()
-    v2 = v.reshape(ntok, hv, dim).contiguous()
-    g2, b2 = g.reshape(ntok, hv).contiguous(), beta.reshape(ntok, hv).contiguous()
-    if varlen:
-        cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
-    else:
-        cu = _dummy((2,), torch.int32, device)
-    if raw_gates:
-        a_log, dtb = A_log.contiguous(), dt_bias.to(A_log.dtype).contiguous()
-    else:
-        a_log = dtb = _dummy((hv,), torch.float32, device)
-
+    q2, k2, v2, g2, b2, cu, a_log, dtb = _flat_inputs(q, k, v, g, beta, cu_seqlens, A_log, dt_bias)
     tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
     pmat = torch.empty_like(tmat)
     vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
