@@ -84,7 +84,8 @@ def make_inputs(shape: BenchShape, device: torch.device, seed: int) -> dict:
 def input_sets(shape: BenchShape, device: torch.device) -> list[dict]:
     """Enough input sets that cycling through them streams ~256 MB (at most 16 sets)."""
     total = sum(shape.lens)
-    per_set = total * (2 * shape.hk * 256 + shape.hv * 256 + 8 * shape.hv) + (shape.h0 * len(shape.lens) * shape.hv * 65536)
+    per_set = total * (2 * shape.hk * 256 + shape.hv * 256 + 8 * shape.hv)
+    per_set += shape.h0 * len(shape.lens) * shape.hv * 65536
     count = max(1, min(16, math.ceil(ROTATE_BYTES / per_set)))
     return [make_inputs(shape, device, seed) for seed in range(count)]
 

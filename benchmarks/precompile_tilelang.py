@@ -60,7 +60,8 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                         varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
             for name in variants:
                 kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
-                pairs.append((chunk_scan.program, prefill_configs(**call, **common, gate_dtype=torch.float32, **kwargs)[1]))
+                configs = prefill_configs(**call, **common, gate_dtype=torch.float32, **kwargs)
+                pairs.append((chunk_scan.program, configs[1]))
     return list(dict.fromkeys(pairs))
 
 

@@ -61,7 +61,8 @@ def _inputs(lens: tuple[int, ...] | None, batch: int, seqlen: int, hk: int, hv: 
     rows = 1 if lens else batch
     x = dict(
         q=torch.randn(rows, total, hk, 128).bfloat16(), k=torch.randn(rows, total, hk, 128).bfloat16(),
-        v=torch.randn(rows, total, hv, 128).bfloat16(), g=torch.randn(rows, total, hv), beta=torch.rand(rows, total, hv),
+        v=torch.randn(rows, total, hv, 128).bfloat16(),
+        g=torch.randn(rows, total, hv), beta=torch.rand(rows, total, hv),
         initial_state=torch.randn(len(lens) if lens else batch, hv, 128, 128),
     )
     if lens:
