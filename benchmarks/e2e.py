@@ -115,6 +115,7 @@ def main() -> None:
         raise SystemExit("benchmarks/e2e.py needs a CUDA GPU")
     started = time.perf_counter()
     rows = {"qla-agent": ours(args.shape, args.tokens, args.decode_steps, args.repeats)}
+    print(f"qla-agent: {rows['qla-agent']}", flush=True)
     baseline = transformers_baseline(args.shape, args.tokens, args.decode_steps, args.repeats)
     if baseline is not None:
         rows["transformers"] = baseline
