@@ -13,9 +13,11 @@ from fastapi.responses import Response
 
 import qla_agent
 from qla_agent.server import chat, sessions
+from qla_agent.server.body import add_body_schemas
 from qla_agent.server.errors import ApiError, install_error_handler
 from qla_agent.server.guards import Guard
 from qla_agent.server.metrics import CONTENT_TYPE, ServerMetrics
+from qla_agent.server.schemas import ChatCompletionRequest, CreateSession, ForkSession
 from qla_agent.server.settings import ServerSettings
 from qla_agent.server.state import ServerState, server_state
 
@@ -40,6 +42,7 @@ def create_app(settings: ServerSettings, engine: Any) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(sessions.router)
     _add_info_routes(app)
+    add_body_schemas(app, [ChatCompletionRequest, CreateSession, ForkSession])
     app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
                        max_import_bytes=settings.max_import_bytes, metrics=metrics)
     # CORS outermost, so the guards' 401/413 answers carry CORS headers too.

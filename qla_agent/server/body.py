@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from qla_agent.server.errors import ApiError
@@ -33,3 +33,27 @@ async def read_model(request: Request, model: type[M], *, allow_empty: bool = Fa
     if not isinstance(data, dict):
         raise ApiError(400, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
     return model.model_validate(data)
+
+
+def documented(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads `model` itself: /docs shows the body schema."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def add_body_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put the schemas of bodies read by hand (see `documented`) into the app's OpenAPI document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from qla_agent.runtime.requests import Event, Finished, TextDelta
-from qla_agent.server.body import read_model
+from qla_agent.server.body import documented, read_model
 from qla_agent.server.convert import ChatPlan, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.generation import ChatRun, until_disconnect
@@ -25,7 +25,7 @@ router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     body = await read_model(request, ChatCompletionRequest)

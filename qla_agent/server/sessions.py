@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qla_agent.runtime.sessions import SessionInfo
-from qla_agent.server.body import read_model
+from qla_agent.server.body import documented, read_model
 from qla_agent.server.convert import memory_policy, message_dict, template_kwargs, tool_dict
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import CreateSession, ForkSession, valid_session_id
@@ -23,7 +23,7 @@ async def list_sessions(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [session_json(info) for info in infos]}
 
 
-@router.post("")
+@router.post("", openapi_extra=documented(CreateSession))
 async def create_session(request: Request) -> dict[str, Any]:
     state = server_state(request)
     body = await read_model(request, CreateSession, allow_empty=True)
@@ -62,7 +62,7 @@ async def delete_session(session_id: str, request: Request) -> dict[str, Any]:
     return {"id": session_id, "object": "session.deleted", "deleted": True}
 
 
-@router.post("/{session_id}/fork")
+@router.post("/{session_id}/fork", openapi_extra=documented(ForkSession))
 async def fork_session(session_id: str, request: Request) -> dict[str, Any]:
     state = server_state(request)
     body = await read_model(request, ForkSession, allow_empty=True)

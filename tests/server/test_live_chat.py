@@ -160,3 +160,8 @@ def test_models_and_health(server, client):
     assert client.models.retrieve(MODEL_ID).id == MODEL_ID
     health = httpx.get(server.url + "/health", timeout=10)
     assert health.json()["status"] == "ok"
+    document = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    schemas = document["components"]["schemas"]
+    assert schemas[chat["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]["session_id"]
+    assert "Message" in schemas and "ForkSession" in schemas
