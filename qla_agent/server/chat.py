@@ -14,7 +14,7 @@ from qla_agent.runtime.requests import Event, Finished, TextDelta
 from qla_agent.server.body import documented, read_model
 from qla_agent.server.convert import ChatPlan, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
-from qla_agent.server.generation import ChatRun, until_disconnect
+from qla_agent.server.generation import ChatRun, ClientGone, until_disconnect
 from qla_agent.server.output import OutputParser, output_parser
 from qla_agent.server.schemas import ChatCompletionRequest, valid_session_id
 from qla_agent.server.shaping import DONE, CallFilter, Completion, delta_dict, finish_reason, sse_error
@@ -23,6 +23,8 @@ from qla_agent.server.state import server_state
 logger = logging.getLogger(__name__)
 router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
+# nginx's status for "client closed the request".
+CLIENT_CLOSED = 499
 
 
 @router.post("/v1/chat/completions", openapi_extra=documented(ChatCompletionRequest))
@@ -38,15 +40,18 @@ async def chat_completions(request: Request) -> Response:
     run = ChatRun.admit(state, lambda: state.engine.chat(plan.request))
     try:
         await run.prime(request)
-    except BaseException:
-        await run.close()
-        raise
-    if plan.stream:
-        return EventStream(run, stream_chunks(run, plan, parser), headers=_session_headers(plan.request.session_id))
-    try:
+        if plan.stream:
+            stream = EventStream(run, stream_chunks(run, plan, parser),
+                                 headers=_session_headers(plan.request.session_id))
+            run = None
+            return stream
         return await until_disconnect(request, _collect(run, plan, parser))
+    except ClientGone:
+        # Nobody is listening; the status only shows in the access log and the metrics.
+        return Response(status_code=CLIENT_CLOSED)
     finally:
-        await run.close()
+        if run is not None:
+            await run.close()
 
 
 def _header_session_id(request: Request) -> str | None:

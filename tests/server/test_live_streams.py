@@ -47,6 +47,7 @@ def test_disconnect_while_waiting_for_a_plain_answer_cancels_it(server, tiny):
         pass
     wait_for(lambda: server.engine.stats().requests_cancelled > cancelled)
     wait_for(lambda: metric(server, "qla_requests_in_flight") == 0)
+    assert metric(server, "qla_requests_total", '{route="/v1/chat/completions",status="499"}') == 1
     out = openai.OpenAI(base_url=server.v1, api_key="x", max_retries=0).chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": "still there?"}], max_tokens=2)
     assert out.choices[0].message.role == "assistant"
