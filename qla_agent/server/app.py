@@ -14,6 +14,7 @@ from fastapi.responses import Response
 import qla_agent
 from qla_agent.server import chat, sessions
 from qla_agent.server.body import add_body_schemas
+from qla_agent.server.convert import SamplingDefaults
 from qla_agent.server.errors import ApiError, install_error_handler
 from qla_agent.server.guards import Guard
 from qla_agent.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -37,7 +38,8 @@ def create_app(settings: ServerSettings, engine: Any) -> FastAPI:
 
     app = FastAPI(title="qla-agent", version=qla_agent.__version__, lifespan=lifespan)
     metrics = ServerMetrics(getattr(engine, "stats", None))
-    app.state.qla = ServerState(settings=settings, engine=engine, metrics=metrics)
+    defaults = SamplingDefaults.from_model_dir(getattr(getattr(engine, "model", None), "model_dir", None))
+    app.state.qla = ServerState(settings=settings, engine=engine, metrics=metrics, sampling_defaults=defaults)
     install_error_handler(app)
     app.include_router(chat.router)
     app.include_router(sessions.router)

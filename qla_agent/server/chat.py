@@ -35,7 +35,8 @@ async def chat_completions(request: Request) -> Response:
     # A session's own tools and template options shape the prompt, so the parser needs them too.
     session = await state.engine.sessions.get(session_id) if session_id is not None else None
     plan = plan_chat(body, settings=state.settings, model_id=state.engine.model_id,
-                     served_names=state.served_names, session_id=session_id, session=session)
+                     served_names=state.served_names, session_id=session_id, session=session,
+                     defaults=state.sampling_defaults)
     parser = output_parser(state.engine, plan)
     run = ChatRun.admit(state, lambda: state.engine.chat(plan.request))
     try:

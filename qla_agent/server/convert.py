@@ -13,7 +13,9 @@ tool_choice is enforced like this:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from qla_agent.runtime.requests import ChatRequest, SamplingParams
@@ -22,6 +24,8 @@ from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
 from qla_agent.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 TOOL_CALL_OPEN = "<tool_call>"
 RESERVED_TEMPLATE_KWARGS = frozenset({
@@ -44,6 +48,38 @@ class ToolPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class SamplingDefaults:
+    """What a request that leaves a sampling field out gets: OpenAI's defaults, or the model's own
+    recommendation from its generation_config.json (as vLLM does)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path | None) -> SamplingDefaults:
+        """Read generation_config.json when the folder has one (and it does not turn sampling off)."""
+        path = Path(model_dir) / "generation_config.json" if model_dir is not None else None
+        if path is None or not path.is_file():
+            return cls()
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            logger.warning("ignoring unreadable %s: %s", path, e)
+            return cls()
+        if not isinstance(config, dict) or config.get("do_sample") is False:
+            return cls()
+        picked = {f: config[f] for f in cls.__dataclass_fields__
+                  if isinstance(config.get(f), (int, float)) and not isinstance(config.get(f), bool)}
+        try:
+            return cls(**picked)
+        except TypeError:
+            return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class ChatPlan:
     """One validated chat completion: the engine request plus how to shape the answer.
 
@@ -62,7 +98,7 @@ class ChatPlan:
 
 def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id: str,
               served_names: tuple[str, ...], session_id: str | None = None,
-              session: SessionInfo | None = None) -> ChatPlan:
+              session: SessionInfo | None = None, defaults: SamplingDefaults = SamplingDefaults()) -> ChatPlan:
     """Check a chat request against the server's limits and build the engine's ChatRequest.
 
     `session_id` is the resolved id (see `resolve_session_id`), `session` that session's current info.
@@ -73,20 +109,6 @@ def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id
     tools = request_tools if request_tools is not None or session is None else _session_tools(session)
     policy = _tool_policy(body, tools)
     stops = _stops(body, policy, tools)
-    sampling = SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(body.top_k or 0, 0),
-        min_p=body.min_p or 0.0,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        repetition_penalty=body.repetition_penalty or 1.0,
-        seed=body.seed,
-        max_tokens=_max_tokens(body, settings),
-        stop=stops,
-        stop_token_ids=tuple(body.stop_token_ids or ()),
-        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
-    )
     if not body.messages and session_id is None:
         raise ApiError(400, "messages is empty: send at least one message, or a session_id (with "
                        "keep_messages to regenerate or edit its last turn)", param="messages")
@@ -97,7 +119,7 @@ def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id
     request = ChatRequest(
         messages=[message_dict(m, i) for i, m in enumerate(body.messages)],
         tools=request_tools,
-        sampling=sampling,
+        sampling=_sampling(body, settings, stops, defaults),
         session_id=session_id,
         template_kwargs=kwargs,
         keep_messages=body.keep_messages,
@@ -178,6 +200,28 @@ def _arguments(raw: str | dict[str, Any], where: str) -> dict[str, Any]:
         raise ApiError(400, f"{where}.function.arguments must encode a JSON object, got {type(value).__name__}",
                        param=f"{where}.function.arguments")
     return value
+
+
+def _sampling(body: ChatCompletionRequest, settings: ServerSettings, stops: tuple[str, ...],
+              defaults: SamplingDefaults) -> SamplingParams:
+    def pick(name: str) -> Any:
+        value = getattr(body, name)
+        return getattr(defaults, name) if value is None else value
+
+    return SamplingParams(
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=max(pick("top_k"), 0),
+        min_p=pick("min_p"),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=pick("repetition_penalty"),
+        seed=body.seed,
+        max_tokens=_max_tokens(body, settings),
+        stop=stops,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
+    )
 
 
 def _refuse_unsupported(body: ChatCompletionRequest) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from qla_agent.server.convert import SamplingDefaults
 from qla_agent.server.metrics import ServerMetrics
 from qla_agent.server.settings import ServerSettings
 
@@ -19,6 +20,7 @@ class ServerState:
     settings: ServerSettings
     engine: Any
     metrics: ServerMetrics
+    sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     started: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0
 

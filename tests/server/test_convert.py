@@ -1,11 +1,13 @@
 """Wire request → engine ChatRequest: sampling, messages, tool policy and the refusals."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from qla_agent.runtime.sessions import SessionInfo
 from qla_agent.runtime.state import MemoryPolicy
-from qla_agent.server.convert import plan_chat, resolve_session_id
+from qla_agent.server.convert import SamplingDefaults, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.schemas import ChatCompletionRequest
 from qla_agent.server.settings import ServerSettings
@@ -41,6 +43,19 @@ def test_sampling_and_defaults():
     small = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}]})
     out = plan_chat(small, settings=ServerSettings(max_tokens=8), model_id="tiny", served_names=())
     assert out.request.sampling.max_tokens == 8
+
+
+def test_model_sampling_defaults_fill_what_the_request_leaves_out(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "eos_token_id": [1]}))
+    defaults = SamplingDefaults.from_model_dir(tmp_path)
+    assert defaults == SamplingDefaults(temperature=0.6, top_p=0.95, top_k=20)
+    request = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], "top_p": 0.5})
+    s = plan_chat(request, settings=SETTINGS, model_id="tiny", served_names=(), defaults=defaults).request.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.min_p) == (0.6, 0.5, 20, 0.0)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
+    assert SamplingDefaults.from_model_dir(tmp_path) == SamplingDefaults()
+    assert SamplingDefaults.from_model_dir(tmp_path / "missing") == SamplingDefaults()
 
 
 def test_messages_become_template_dicts():
