@@ -27,8 +27,9 @@ def _conv_one(
     """One sequence: x [T, C], weight [C, W], state [C, W-1] -> (y [T, C] in dtype, new state [C, W-1])."""
     width = weight.shape[1]
     extended = torch.cat([state.to(dtype).transpose(0, 1), x.to(dtype)], dim=0)
-    windows = extended.unfold(0, width, 1)
-    y = F.silu((windows * weight.to(dtype)).sum(-1))
+    # Depthwise cross-correlation over the state-extended sequence: y[t, c] = sum_j w[c, j] * extended[t + j, c].
+    y = F.conv1d(extended.transpose(0, 1)[None], weight.to(dtype)[:, None, :], groups=weight.shape[0])
+    y = F.silu(y[0].transpose(0, 1))
     return y, extended[-(width - 1) :].transpose(0, 1)
 
 

@@ -69,19 +69,26 @@ class GatedAttention(nn.Module):
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
         n_new, n_ctx = q.shape[0], keys.shape[1]
+        group = self.nh // self.nkv
+        if n_new == 1:
+            # One query per head: each kv head's query group becomes rows of one attention, no key is copied.
+            out = F.scaled_dot_product_attention(q[0].view(self.nkv, group, self.d), keys, values, scale=self.scale)
+            return out.reshape(1, self.nh * self.d)
         mask = None
         # A fresh context is plainly causal: no mask tensor, so SDPA can pick its flash kernel.
-        causal = n_new > 1 and n_ctx == n_new
-        if n_new > 1 and not causal:
+        causal = n_ctx == n_new
+        if not causal:
             # Query i sees every entry held before the call plus new entries 0..i.
             col = torch.arange(n_ctx, device=q.device)
             row = torch.arange(n_new, device=q.device) + (n_ctx - n_new)
             mask = col[None, :] <= row[:, None]
+        if group > 1:
+            # Explicit kv heads keep every fused SDPA backend eligible (enable_gqa narrows the choice).
+            keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), keys, values, attn_mask=mask, is_causal=causal, scale=self.scale,
-            enable_gqa=self.nh != self.nkv,
+            q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, is_causal=causal, scale=self.scale,
         )
-        return out.transpose(0, 1).flatten(-2)
+        return out[0].transpose(0, 1).flatten(-2)
 
     def prefill(self, x: Tensor, cache: KVCache, positions: Tensor) -> Tensor:
         """x [T, H] at `positions` [T] -> [T, H]; the new keys/values are appended to `cache`."""
