@@ -109,3 +109,22 @@ def test_limits_answer_429(tight_server, tiny):
         busy = httpx.post(server.v1 + "/chat/completions", json={**body, "stream": False}, timeout=10)
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_second_request_on_a_busy_session_is_409_and_the_session_stays_whole(server, tiny):
+    sid = api(server, "POST", "/sessions", json=APPEND_ONLY).json()["id"]
+    body = {"messages": [{"role": "user", "content": "long"}], "max_tokens": 1000, "stream": True,
+            "session_id": sid, "logit_bias": no_stop(tiny)}
+    with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as running:
+        assert running.status_code == 200
+        # Keep the line iterator referenced: dropping it closes the response (a disconnect).
+        lines = running.iter_lines()
+        next(lines)
+        clash = httpx.post(server.v1 + "/chat/completions", json={**body, "stream": False}, timeout=30)
+        assert clash.status_code == 409 and clash.json()["error"]["code"] == "session_conflict", clash.text[:500]
+        assert "busy" in clash.json()["error"]["message"]
+    # The cancelled turn left no trace; the session takes the next turn normally.
+    out = turn(server, tiny, sid, "after")
+    assert out.choices[0].finish_reason in ("stop", "length")
+    roles = [m["role"] for m in api(server, "GET", f"/sessions/{sid}").json()["messages"]]
+    assert roles == ["user", "assistant"]
