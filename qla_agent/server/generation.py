@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import Request
 
@@ -36,7 +36,7 @@ class ChatRun:
         self._pending: Event | None = None
 
     @classmethod
-    def admit(cls, state: ServerState, events_factory: Any) -> ChatRun:
+    def admit(cls, state: ServerState, start: Callable[[], AsyncIterator[Event]]) -> ChatRun:
         """Count the request in flight (429 past the limit) and start it on the engine."""
         limit = state.settings.max_concurrent_requests
         if state.in_flight >= limit:
@@ -45,7 +45,7 @@ class ChatRun:
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            return cls(state, events_factory())
+            return cls(state, start())
         except BaseException:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
