@@ -67,6 +67,10 @@ class EngineSettings:
     """Engine knobs (built once by the CLI/server from QLA_ settings).
 
     context_length: most tokens a full-policy session holds (default: the model's max positions).
+    max_batch: requests in flight at once (prefilling or decoding); more wait in line.
+    prefill_chunk: prompt tokens prefilled per scheduler step, over all requests (oldest first): it
+    bounds how long a long prompt stalls the decoding requests, and lets short prompts that arrive
+    together all finish their prefill in one step, so they decode together.
     max_checkpoints: message-boundary checkpoints kept per session (each costs one GDN state).
     settle_tokens: after a turn, the template's closing tokens (e.g. `<|im_end|>\\n`) are prefilled
     right away when there are at most this many, so the session ends on a checkpoint.

@@ -1,9 +1,11 @@
 """The engine's background thread: admits requests, prefills, decodes in batches, settles sessions.
 
 All torch work and every session mutation happen on this one thread, so sessions need no locks.
-Each loop iteration runs queued commands (session API calls), admits new requests, prefills one
-chunk of the oldest prefilling request (chunks end at message boundaries, where checkpoints are
-taken), then decodes one token for every request past its prefill, all in one batch.
+Each loop iteration runs queued commands (session API calls), admits new requests, prefills up to
+`prefill_chunk` prompt tokens, oldest request first and as many requests as fit (chunks end at
+message boundaries, where checkpoints are taken), then decodes one token for every request past its
+prefill, all in one batch. Requests that arrive together thus finish their prefill in the same step
+and decode together from their first token; a long prompt still costs each step at most one chunk.
 """
 
 from __future__ import annotations
@@ -146,8 +148,11 @@ class Scheduler:
             self._finish(run, "cancelled")
         while self._inbox and len(self._prefilling) + len(self._decoding) < self.max_batch:
             self._admit(*self._inbox.popleft())
-        if self._prefilling:
-            self._guarded([self._prefilling[0]], self._prefill_step)
+        budget = self.prefill_chunk
+        for run in list(self._prefilling):
+            if budget <= 0:
+                break
+            budget -= self._guarded([run], lambda runs: self._prefill_run(runs[0], budget)) or 0
         if self._decoding:
             self._guarded(list(self._decoding), self._decode_step)
         self._refresh_counters()
@@ -166,10 +171,10 @@ class Scheduler:
         self.counters.prefill_tokens_reused += run.cached
         self._prefilling.append(run)
 
-    def _guarded(self, runs: list[Run], step: Callable[[list[Run]], None]) -> None:
-        """Run a model step; on an exception fail its requests and roll their sessions back."""
+    def _guarded(self, runs: list[Run], step: Callable[[list[Run]], T]) -> T | None:
+        """Run a model step; on an exception fail its requests and roll their sessions back (None)."""
         try:
-            step(runs)
+            return step(runs)
         except Exception as e:
             logger.exception("model step failed for %d request(s)", len(runs))
             for run in runs:
@@ -178,6 +183,7 @@ class Scheduler:
                 run.session.busy = False
                 self.counters.requests_failed += 1
                 run.channel.put(e)
+        return None
 
     def _drop(self, run: Run) -> None:
         if run in self._prefilling:
@@ -194,19 +200,25 @@ class Scheduler:
         self.counters.prefill_seconds += time.perf_counter() - t0
         return logits
 
-    def _prefill_step(self, runs: list[Run]) -> None:
-        run = runs[0]
-        end, boundary = run.next_chunk(self.prefill_chunk)
-        logits = self._prefill(run.session, run.prompt.tokens[run.pos : end].tolist())
-        run.pos = end
-        if boundary is not None:
-            run.session.capture(n_messages=boundary.n_messages, limit=self.admission.max_checkpoints)
+    def _prefill_run(self, run: Run, budget: int) -> int:
+        """Prefill `run` chunk by chunk within `budget` tokens; once done, sample its first token. Tokens used."""
+        used, logits = 0, None
+        while used < budget and not run.prefilled:
+            end, boundary = run.next_chunk(budget - used)
+            logits = self._prefill(run.session, run.prompt.tokens[run.pos : end].tolist())
+            used += end - run.pos
+            run.pos = end
+            if boundary is not None:
+                run.session.capture(n_messages=boundary.n_messages, limit=self.admission.max_checkpoints)
         if not run.prefilled:
-            return
-        self._prefilling.popleft()
+            return used
+        # Admission leaves at least one prompt token to run, so the last chunk ran in this call.
+        assert logits is not None
+        self._prefilling.remove(run)
         self._accept(run, sample(self.admission.vocab_logits(logits[None]), [run.sampler], generator=self._generator)[0])
         if run.finish_reason is None:
             self._decoding.append(run)
+        return used
 
     def _decode_step(self, runs: list[Run]) -> None:
         t0 = time.perf_counter()
