@@ -31,7 +31,9 @@ class ServerSettings:
     `model` None means the embedded default model. Limits: `max_body_bytes` for JSON bodies,
     `max_import_bytes` for session files, `max_tokens` caps what one request may generate
     (`default_max_tokens` when the request names none), `max_sessions` live sessions,
-    `max_concurrent_requests` chat requests in flight (beyond: 429).
+    `max_concurrent_requests` chat requests in flight (beyond: 429). `threads`: torch intra-op
+    threads (QLA_THREADS); None picks one per CPU core but one when the model runs on the CPU (see
+    `run.cpu_threads`) and leaves torch's default on a GPU.
     """
 
     model: str | None = None
@@ -53,6 +55,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     served_model_name: str | None = None
     log_level: str = "info"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_body_bytes", "max_import_bytes", "max_tokens",
@@ -60,6 +63,8 @@ class ServerSettings:
                         "window_tokens")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port!r} is not a TCP port; use 1-65535 (0: any free port)")
+        if self.threads is not None:
+            _check_positive(self, "threads")
         if self.sink_tokens < 0:
             raise SettingsError(f"sink_tokens {self.sink_tokens} is negative; use 0 or more")
         if self.memory_policy not in ("full", "bounded"):
