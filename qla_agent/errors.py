@@ -21,6 +21,14 @@ class SessionError(QlaError):
     """A session cannot be used as asked (wrong model, corrupt file, busy)."""
 
 
+class SessionBusyError(SessionError):
+    """A session is in use by another request; retry once it finishes, or cancel that request."""
+
+
+class EngineNotRunningError(QlaError):
+    """The engine's scheduler is not running (never started, or stopped); nothing can be served."""
+
+
 class TokenizerError(QlaError):
     """A tokenizer folder is missing files or holds tokens we cannot use."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qla_agent.errors import ContextOverflowError, SessionError
+from qla_agent.errors import ContextOverflowError, SessionBusyError
 from qla_agent.runtime.prompts import Prompt, Renderer
 from qla_agent.runtime.requests import ChatRequest
 from qla_agent.runtime.sampling import SamplerState
@@ -47,7 +47,7 @@ class Admission:
         """Resolve, render and resume; the returned run starts prefilling at `run.pos`."""
         session = self.table.get(request.session_id) if request.session_id is not None else None
         if session is not None and session.busy:
-            raise SessionError(f"session {session.id!r} is busy with another request; wait for it or cancel it")
+            raise SessionBusyError(f"session {session.id!r} is busy with another request; wait for it or cancel it")
         conv = self._conversation(request, session)
         prompt = self.renderer.render(conv.messages, tools=conv.tools, template_kwargs=conv.template_kwargs)
         if session is None:

@@ -18,7 +18,7 @@ Semantics callers rely on:
   the rest (Usage.cached_tokens counts what was reused). The completion is stored as an assistant
   message with the raw text; when the template renders it as the model generated it, the session ends
   the turn on a checkpoint after it, otherwise it falls back to the checkpoint before it.
-- Busy: one request per session at a time; a second one raises SessionError("... busy ...").
+- Busy: one request per session at a time; a second one raises SessionBusyError (a SessionError).
 - Cancel (the caller's aclose() / task cancellation): the request stops at the next step and the
   session is as before the request: its messages unchanged, its state rolled back to the last
   checkpoint of those messages (nothing is saved). Finished("cancelled") is sent if anyone listens.
@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from qla_agent.errors import QlaError
+from qla_agent.errors import EngineNotRunningError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.chat_template import ChatTemplate
 from qla_agent.runtime.prompts import Renderer
@@ -195,11 +195,12 @@ class Engine:
     async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         """Stream a completion: TextDelta events, then one Finished. Closing the iterator cancels it.
 
-        Raises SessionNotFoundError, SessionError (busy, wrong model), ContextOverflowError,
-        ChatTemplateError or RequestError before any event when the request cannot start.
+        Raises SessionNotFoundError, SessionBusyError, SessionError (wrong model), ContextOverflowError,
+        ChatTemplateError, RequestError or EngineNotRunningError before any event when the request
+        cannot start.
         """
         if not self._scheduler.alive:
-            raise QlaError("the engine is not running; call `await engine.start()` first")
+            raise EngineNotRunningError("the engine is not running; call `await engine.start()` first")
         channel = Channel(asyncio.get_running_loop())
         self._scheduler.submit(request, channel)
         try:

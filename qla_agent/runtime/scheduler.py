@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from qla_agent.errors import ChatTemplateError, QlaError, SessionError
+from qla_agent.errors import ChatTemplateError, EngineNotRunningError, QlaError, SessionError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.checkpoints import common_prefix_length, token_array
 from qla_agent.runtime.requests import ChatRequest, FinishReason
@@ -99,7 +99,8 @@ class Scheduler:
                 self._finish(run, "cancelled")
             while self._inbox:
                 _, channel = self._inbox.popleft()
-                channel.put(QlaError("the engine stopped before this request started"))
+                channel.put(EngineNotRunningError("the engine stopped before this request started; send it again "
+                                                  "once the server is back"))
         self.table.flush()
 
     def submit(self, request: ChatRequest, channel: Channel) -> None:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from qla_agent.errors import SessionError
+from qla_agent.errors import SessionBusyError, SessionError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.scheduler import Scheduler
 from qla_agent.runtime.sessions import Session, SessionInfo, check_session_id, new_session_id
@@ -68,7 +68,7 @@ class SessionsApi:
         return await self._call(run)
 
     async def delete(self, session_id: str) -> None:
-        """Forget a session in memory and on disk (SessionError while a request runs on it)."""
+        """Forget a session in memory and on disk (SessionBusyError while a request runs on it)."""
         await self._call(lambda: self._table.delete(check_session_id(session_id)))
 
     async def fork(self, session_id: str, *, at_message: int | None = None, new_id: str | None = None) -> SessionInfo:
@@ -117,5 +117,5 @@ class SessionsApi:
     def _idle(self, session_id: str) -> Session:
         session = self._table.get(check_session_id(session_id))
         if session.busy:
-            raise SessionError(f"session {session_id!r} is busy with a request; try again when it finishes")
+            raise SessionBusyError(f"session {session_id!r} is busy with a request; try again when it finishes")
         return session

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qla_agent.errors import SessionError, SessionNotFoundError
+from qla_agent.errors import SessionBusyError, SessionError, SessionNotFoundError
 from qla_agent.runtime.checkpoints import prefix_digests
 from qla_agent.runtime.sessions import Session, SessionInfo, check_session_id
 from qla_agent.runtime.state import MemoryPolicy, SessionState
@@ -117,7 +117,7 @@ class SessionTable:
     def delete(self, session_id: str) -> None:
         session = self.loaded.get(session_id)
         if session is not None and session.busy:
-            raise SessionError(f"session {session_id!r} is busy with a request; cancel it or wait")
+            raise SessionBusyError(f"session {session_id!r} is busy with a request; cancel it or wait")
         if session_id not in self:
             raise self._not_found(session_id)
         self.loaded.pop(session_id, None)

@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qla_agent.errors import (
     ContextOverflowError,
+    EngineNotRunningError,
     QlaError,
+    SessionBusyError,
     SessionError,
     SessionNotFoundError,
 )
@@ -57,6 +59,10 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(404, str(exc), param="session_id", code="session_not_found")
     if isinstance(exc, ContextOverflowError):
         return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, SessionBusyError):
+        return ApiError(409, str(exc), param="session_id", code="session_busy", headers={"Retry-After": "1"})
+    if isinstance(exc, EngineNotRunningError):
+        return ApiError(503, str(exc), code="engine_not_running")
     if isinstance(exc, SessionError):
         return ApiError(409, str(exc), param="session_id", code="session_conflict")
     if isinstance(exc, QlaError):

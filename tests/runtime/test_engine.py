@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from qla_agent.errors import ContextOverflowError, SessionError, SessionNotFoundError
+from qla_agent.errors import ContextOverflowError, EngineNotRunningError, SessionBusyError, SessionError, SessionNotFoundError
 from qla_agent.runtime.requests import ChatRequest, SamplingParams, TextDelta
 from tests.runtime.engine_setup import (
     APPEND_ONLY,
@@ -260,14 +260,18 @@ def test_busy_and_unknown_sessions_are_refused(tiny):
         _, first = await chat(engine, ChatRequest([_user(0)], sampling=greedy(2)))
         long = engine.chat(ChatRequest([_user(1)], session_id=first.session_id, sampling=greedy(300)))
         await long.__anext__()
-        with pytest.raises(SessionError, match="busy"):
+        with pytest.raises(SessionBusyError, match="busy"):
             await chat(engine, ChatRequest([_user(2)], session_id=first.session_id))
+        with pytest.raises(SessionBusyError, match="busy"):
+            await engine.sessions.delete(first.session_id)
         await long.aclose()
         with pytest.raises(SessionNotFoundError):
             await chat(engine, ChatRequest([_user(2)], session_id="sess_missing"))
         with pytest.raises(SessionError, match="invalid"):
             await chat(engine, ChatRequest([_user(2)], session_id="../etc/passwd"))
         await engine.stop()
+        with pytest.raises(EngineNotRunningError, match="not running"):
+            await chat(engine, ChatRequest([_user(2)]))
 
     run(main())
 

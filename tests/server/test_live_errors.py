@@ -1,5 +1,6 @@
 """Bad requests against the real server: right status, OpenAI's error body, and the server keeps serving."""
 
+import asyncio
 import random
 
 import httpx
@@ -18,7 +19,8 @@ def check_error(response, status, *, param=None, code=None, fragment=None):
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+    assert error["type"] == {401: "authentication_error", 429: "rate_limit_error",
+                             503: "service_unavailable_error"}.get(status, "invalid_request_error")
     if param is not None:
         assert error["param"] == param
     if code is not None:
@@ -121,6 +123,17 @@ def test_unknown_sessions_and_routes(server):
     check_error(httpx.get(server.url + "/v1/chat/completions", timeout=10), 405, code="method_not_allowed")
     check_error(httpx.get(server.v1 + "/models/gpt-9", timeout=10), 404, code="model_not_found")
     still_serving(server)
+
+
+def test_a_stopped_engine_is_503_for_chat_and_sessions_still_answer(tiny, tmp_path):
+    settings = ServerSettings(sessions_dir=tmp_path, max_tokens=8)
+    with live_server(settings, make_engine(tiny, tmp_path)) as live:
+        asyncio.run(live.engine.stop())
+        for stream in (False, True):
+            check_error(post(live, {**OK_BODY, "stream": stream}), 503, code="engine_not_running",
+                        fragment="not running")
+        # The session API runs inline while the scheduler is down.
+        assert httpx.get(live.v1 + "/sessions", timeout=10).status_code == 200
 
 
 @pytest.fixture(scope="module")

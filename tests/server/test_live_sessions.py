@@ -121,8 +121,13 @@ def test_a_second_request_on_a_busy_session_is_409_and_the_session_stays_whole(s
         lines = running.iter_lines()
         next(lines)
         clash = httpx.post(server.v1 + "/chat/completions", json={**body, "stream": False}, timeout=30)
-        assert clash.status_code == 409 and clash.json()["error"]["code"] == "session_conflict", clash.text[:500]
-        assert "busy" in clash.json()["error"]["message"]
+        assert clash.status_code == 409 and clash.json()["error"]["code"] == "session_busy", clash.text[:500]
+        assert "busy" in clash.json()["error"]["message"] and clash.headers["retry-after"] == "1"
+        for method, path in (("DELETE", f"/sessions/{sid}"), ("POST", f"/sessions/{sid}/fork")):
+            refused = httpx.request(method, server.v1 + path, timeout=30)
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "session_busy", path
+        taken = httpx.post(server.v1 + "/sessions", json={"id": sid}, timeout=30)
+        assert taken.status_code == 409 and taken.json()["error"]["code"] == "session_conflict"
     # The cancelled turn left no trace; the session takes the next turn normally.
     out = turn(server, tiny, sid, "after")
     assert out.choices[0].finish_reason in ("stop", "length")
