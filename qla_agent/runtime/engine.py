@@ -3,7 +3,7 @@
     engine = Engine(model, tokenizer, template, settings=EngineSettings(sessions_dir=path))
     await engine.start()
     async for event in engine.chat(ChatRequest(messages=[...], session_id=...)):
-        ...  # TextDelta(text) events, then one Finished(finish_reason, usage, session_id, text)
+        ...  # Started(session_id), TextDelta(text) events, then one Finished(finish_reason, usage, session_id, text)
     await engine.stop()
 
 Torch work runs on a background thread (`scheduler.py`); `chat` and the session API are async and
@@ -193,7 +193,7 @@ class Engine:
         await self.stop()
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[Event]:
-        """Stream a completion: TextDelta events, then one Finished. Closing the iterator cancels it.
+        """Stream a completion: Started, TextDelta events, then one Finished. Closing the iterator cancels it.
 
         Raises SessionNotFoundError, SessionBusyError, SessionError (wrong model), ContextOverflowError,
         ChatTemplateError, RequestError or EngineNotRunningError before any event when the request

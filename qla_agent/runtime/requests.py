@@ -102,6 +102,17 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """First event of a request: it was admitted and runs in session `session_id` (before any text).
+
+    Errors that refuse a request (unknown or busy session, context overflow, ...) come before it;
+    a caller that waits for Started knows the session of a new conversation right away.
+    """
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
     """New text of the completion, never splitting a UTF-8 character."""
 
@@ -123,4 +134,4 @@ class Finished:
     token_ids: tuple[int, ...] = ()
 
 
-Event = TextDelta | Finished
+Event = Started | TextDelta | Finished

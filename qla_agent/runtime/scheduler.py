@@ -24,7 +24,7 @@ import torch
 from qla_agent.errors import ChatTemplateError, EngineNotRunningError, QlaError, SessionError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.checkpoints import common_prefix_length, token_array
-from qla_agent.runtime.requests import ChatRequest, FinishReason
+from qla_agent.runtime.requests import ChatRequest, FinishReason, Started
 from qla_agent.runtime.sampling import sample
 from qla_agent.runtime.sessions import Session
 from qla_agent.runtime.turns import Channel, Conversation, Run, assistant_message
@@ -171,6 +171,7 @@ class Scheduler:
             return
         self.counters.prefill_tokens_reused += run.cached
         self._prefilling.append(run)
+        channel.put(Started(run.session.id))
 
     def _guarded(self, runs: list[Run], step: Callable[[list[Run]], T]) -> T | None:
         """Run a model step; on an exception fail its requests and roll their sessions back (None)."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from qla_agent.runtime.requests import Event, Finished, TextDelta
+from qla_agent.runtime.requests import Event, Finished, Started, TextDelta
 from qla_agent.server.body import documented, read_model
 from qla_agent.server.convert import ChatPlan, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
@@ -42,8 +42,8 @@ async def chat_completions(request: Request) -> Response:
     try:
         await run.prime(request)
         if plan.stream:
-            stream = EventStream(run, stream_chunks(run, plan, parser),
-                                 headers=_session_headers(plan.request.session_id))
+            stream = EventStream(run, stream_chunks(run, plan, parser, session_id=run.session_id),
+                                 headers=_session_headers(run.session_id))
             run = None
             return stream
         return await until_disconnect(request, _collect(run, plan, parser))
@@ -84,14 +84,21 @@ def completion_body(finished: Finished, plan: ChatPlan, parser: OutputParser) ->
     return Completion(model=plan.model, session_id=finished.session_id).response(message, finished, reason)
 
 
-async def stream_chunks(events: AsyncIterable[Event], plan: ChatPlan, parser: OutputParser) -> AsyncIterator[bytes]:
-    """SSE chunks: the role, then content/reasoning/tool-call deltas, the finish reason, usage, [DONE]."""
-    completion = Completion(model=plan.model, session_id=plan.request.session_id)
+async def stream_chunks(events: AsyncIterable[Event], plan: ChatPlan, parser: OutputParser, *,
+                        session_id: str | None = None) -> AsyncIterator[bytes]:
+    """SSE chunks: the role, then content/reasoning/tool-call deltas, the finish reason, usage, [DONE].
+
+    Every chunk carries `session_id` (the engine's Started event names it before any text).
+    """
+    completion = Completion(model=plan.model, session_id=session_id or plan.request.session_id)
     calls = CallFilter(plan.policy)
     usage_field = plan.include_usage
     yield completion.chunk({"role": "assistant", "content": ""}, with_usage_field=usage_field)
     try:
         async for event in events:
+            if isinstance(event, Started):
+                completion.session_id = event.session_id
+                continue
             if isinstance(event, TextDelta):
                 deltas = calls.deltas(parser.feed(event.text))
             else:

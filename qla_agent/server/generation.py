@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from qla_agent.runtime.requests import Event, Finished, TextDelta
+from qla_agent.runtime.requests import Event, Finished, Started, TextDelta
 from qla_agent.server.errors import ApiError
 from qla_agent.server.state import ServerState
 
@@ -32,6 +32,8 @@ class ChatRun:
         self.start = time.perf_counter()
         self.first: float | None = None
         self.finished: Finished | None = None
+        # Known from the engine's Started event, before any text.
+        self.session_id: str | None = None
         self._closed = False
         self._pending: Event | None = None
 
@@ -52,7 +54,7 @@ class ChatRun:
             raise
 
     async def prime(self, request: Request) -> None:
-        """Wait for the first event, so errors of the request itself still become HTTP statuses."""
+        """Wait for the first event (Started once admitted), so refusals still become HTTP statuses."""
         self._pending = await until_disconnect(request, self._next())
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -70,6 +72,8 @@ class ChatRun:
         except StopAsyncIteration as e:
             raise ApiError(500, "the engine ended the request without a result", code="internal_error") from e
         now = time.perf_counter()
+        if isinstance(event, Started):
+            self.session_id = event.session_id
         if isinstance(event, TextDelta) and self.first is None and event.text:
             self.first = now
         if isinstance(event, Finished):

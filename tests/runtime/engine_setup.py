@@ -13,7 +13,7 @@ import torch
 from qla_agent.runtime.chat_template import ChatTemplate
 from qla_agent.runtime.engine import Engine, EngineSettings
 from qla_agent.runtime.loader import load_model
-from qla_agent.runtime.requests import ChatRequest, Finished, SamplingParams, TextDelta
+from qla_agent.runtime.requests import ChatRequest, Finished, SamplingParams, Started, TextDelta
 from qla_agent.runtime.tokenizer import Tokenizer
 from tests.tiny_models import write_tiny_checkpoint
 
@@ -61,12 +61,19 @@ def make_engine(tiny: Tiny, **settings: Any) -> Engine:
 
 
 async def chat(engine: Engine, request: ChatRequest) -> tuple[list[str], Finished]:
-    """Run a request to the end: the text deltas and the Finished event."""
+    """Run a request to the end: the text deltas and the Finished event (after Started, in its session)."""
     deltas: list[str] = []
+    started: Started | None = None
     async for event in engine.chat(request):
+        if isinstance(event, Started):
+            assert started is None, "a second Started event"
+            started = event
+            continue
+        assert started is not None, f"{type(event).__name__} before Started"
         if isinstance(event, TextDelta):
             deltas.append(event.text)
         else:
+            assert event.session_id == started.session_id
             return deltas, event
     raise AssertionError("the stream ended without Finished")
 

@@ -1,5 +1,6 @@
 """Disconnects cancel generation; /metrics reports requests, tokens, latency and the engine's state."""
 
+import json
 import re
 import time
 
@@ -34,6 +35,21 @@ def test_disconnect_mid_stream_cancels_generation(server, tiny):
         assert '"role":"assistant"' in first
     wait_for(lambda: server.engine.stats().requests_cancelled > cancelled)
     wait_for(lambda: metric(server, "qla_requests_in_flight") == 0)
+
+
+def test_a_stream_that_starts_a_session_names_it_before_any_text(server, tiny):
+    """Header and every chunk carry the new session's id; the session is busy with this very request."""
+    body = {"messages": [{"role": "user", "content": "New conversation"}], "max_tokens": 1000, "stream": True,
+            "temperature": 0, "enable_thinking": False, "logit_bias": no_stop(tiny)}
+    with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        sid = response.headers["x-session-id"]
+        info = httpx.get(f"{server.v1}/sessions/{sid}", timeout=10).json()
+        assert info["busy"] and info["n_messages"] == 0
+        lines = response.iter_lines()
+        chunks = [json.loads(line[5:]) for line, _ in zip((x for x in lines if x.startswith("data:")), range(5))]
+    assert [c["session_id"] for c in chunks] == [sid] * 5
+    assert any(c["choices"][0]["delta"].get("content") for c in chunks[1:])
 
 
 def test_disconnect_while_waiting_for_a_plain_answer_cancels_it(server, tiny):
