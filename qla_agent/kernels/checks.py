@@ -1,8 +1,13 @@
 """Input validation shared by every kernel backend: shapes, dtypes, devices and cu_seqlens.
 
 Every failure raises ValueError naming the argument, the expected shape and what was passed.
-Checks that need tensor values (cu_seqlens, slots) read them on the host; slot values are only
-checked for CPU tensors so that CUDA decode stays free of host syncs (and graph-capturable).
+
+Host-sync rule: the values of index tensors (cu_seqlens, slots) are checked only when they live on
+the CPU. For any other device (CUDA) the checks look at shapes, dtypes and devices alone, never at
+values (no .tolist(), .item(), .cpu(), int() or bool() of a device tensor), so a validated call can
+be captured in a CUDA graph; wrong values there are the caller's bug. `host_offsets` is the one
+function that reads cu_seqlens values on any device: the torch references use it (they loop over
+sequences on the host and are not graph-capturable anyway), the fast backends never do.
 """
 
 from dataclasses import dataclass
@@ -65,33 +70,46 @@ def _expect_float_on_device(ref_name: str, ref: torch.Tensor, **tensors: torch.T
     _expect_same_device(ref, **tensors)
 
 
-def _sequences(cu_seqlens: torch.Tensor | None, batch: int, seqlen: int) -> tuple[list[int] | None, int]:
-    """(host offsets or None, number of sequences N)."""
+def _num_seqs(cu_seqlens: torch.Tensor | None, batch: int, seqlen: int, device: torch.device) -> int:
+    """Number of sequences N: B, or len(cu_seqlens) - 1 (validated; values only on CPU)."""
     if cu_seqlens is None:
-        return None, batch
-    offsets = check_cu_seqlens(cu_seqlens, batch, seqlen)
-    return offsets, len(offsets) - 1
+        return batch
+    return check_cu_seqlens(cu_seqlens, batch, seqlen, device=device)
 
 
-def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int) -> list[int]:
-    """Validate packed-sequence offsets [N+1] (0 = cu[0] < cu[1] < ... < cu[N] = T, B = 1); return them."""
+def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seqlen: int, *, device: torch.device) -> int:
+    """Validate packed-sequence offsets [N+1] (0 = cu[0] < cu[1] < ... < cu[N] = T, B = 1); return N.
+
+    The values are checked only for a CPU tensor (see the host-sync rule in the module docstring).
+    """
     if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1:
         shape = _fmt(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
         raise ValueError(f"cu_seqlens must be a 1-D integer tensor [N+1], got {shape}")
     if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
         raise ValueError(f"cu_seqlens must be an integer tensor (int32/int64), got dtype {cu_seqlens.dtype}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but the inputs are on {device}; move it there")
     if batch != 1:
         raise ValueError(f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B={batch}")
-    offsets = [int(x) for x in cu_seqlens.tolist()]
-    if len(offsets) < 2:
-        raise ValueError(f"cu_seqlens must have shape [N+1] with N >= 1 sequences, got {offsets}")
+    if cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must have shape [N+1] with N >= 1 sequences, got {_fmt(cu_seqlens.shape)}")
+    if cu_seqlens.device.type == "cpu":
+        _check_offset_values(host_offsets(cu_seqlens), seqlen)
+    return cu_seqlens.shape[0] - 1
+
+
+def host_offsets(cu_seqlens: torch.Tensor) -> list[int]:
+    """cu_seqlens as a Python list (a host sync on CUDA: for the torch references only)."""
+    return [int(x) for x in cu_seqlens.tolist()]
+
+
+def _check_offset_values(offsets: list[int], seqlen: int) -> None:
     if offsets[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {offsets[:4]}...")
     if offsets[-1] != seqlen:
         raise ValueError(f"cu_seqlens must end at T={seqlen} (the packed length), got last offset {offsets[-1]}")
     if any(b <= a for a, b in zip(offsets, offsets[1:])):
         raise ValueError(f"cu_seqlens must be strictly increasing (every sequence >= 1 token), got {offsets}")
-    return offsets
 
 
 def _check_gates(
@@ -121,8 +139,8 @@ def check_gdn_prefill(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
     A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
-) -> tuple[GdnDims, list[int] | None]:
-    """Validate gdn_prefill inputs; return the sizes and the host copy of cu_seqlens (or None)."""
+) -> GdnDims:
+    """Validate gdn_prefill inputs (no host sync for CUDA tensors); return the sizes."""
     _expect_ndim("q", q, 4, "[B, T, Hk, K]")
     batch, seqlen, key_heads, key_dim = q.shape
     _expect_tokens("q", q, batch, seqlen, "[B, T, Hk, K]")
@@ -135,11 +153,10 @@ def check_gdn_prefill(
     _check_heads(v, key_heads, "[B, T, Hv, V]")
     _check_gates((batch, seqlen, value_heads), g, beta, A_log, dt_bias, "[B, T, Hv]")
     _expect_float_on_device("q", q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, A_log=A_log, dt_bias=dt_bias)
-    offsets, num_seqs = _sequences(cu_seqlens, batch, seqlen)
+    num_seqs = _num_seqs(cu_seqlens, batch, seqlen, q.device)
     if initial_state is not None:
         _expect_tensor("initial_state", initial_state, (num_seqs, value_heads, key_dim, value_dim), "[N, Hv, K, V]")
-    dims = GdnDims(batch, seqlen, key_heads, value_heads, key_dim, value_dim, num_seqs)
-    return dims, offsets
+    return GdnDims(batch, seqlen, key_heads, value_heads, key_dim, value_dim, num_seqs)
 
 
 def check_slots(slots: torch.Tensor, count: int, pool_size: int, pool_name: str) -> None:
@@ -186,8 +203,8 @@ def check_gdn_decode(
 
 def check_conv(
     x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-) -> list[int] | None:
-    """Validate causal_conv1d inputs: x [B, T, C], weight [C, W], conv_state [N, C, W-1]; return cu_seqlens."""
+) -> int:
+    """Validate causal_conv1d inputs: x [B, T, C], weight [C, W], conv_state [N, C, W-1]; return N."""
     _expect_ndim("x", x, 3, "[B, T, C]")
     batch, seqlen, channels = x.shape
     _expect_tokens("x", x, batch, seqlen, "[B, T, C]")
@@ -198,11 +215,10 @@ def check_conv(
             "(for a torch Conv1d weight [C, 1, W] pass weight[:, 0, :])"
         )
     _expect_float_on_device("x", x, weight=weight, conv_state=conv_state)
-    offsets, _ = _sequences(cu_seqlens, batch, seqlen)
-    num_seqs = batch if offsets is None else len(offsets) - 1
+    num_seqs = _num_seqs(cu_seqlens, batch, seqlen, x.device)
     if conv_state is not None:
         _expect_tensor("conv_state", conv_state, (num_seqs, channels, weight.shape[1] - 1), "[N, C, W-1]")
-    return offsets
+    return num_seqs
 
 
 def check_conv_update(

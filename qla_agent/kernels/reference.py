@@ -51,7 +51,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from qla_agent.kernels.checks import check_gdn_decode, check_gdn_prefill
+from qla_agent.kernels.checks import check_gdn_decode, check_gdn_prefill, host_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +163,10 @@ def _run(
     cu_seqlens: torch.Tensor | None, use_qk_l2norm: bool, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate, prepare, run `core` over the batch (or each packed sequence) and restore the layout."""
-    dims, offsets = check_gdn_prefill(
+    dims = check_gdn_prefill(
         q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
     )
+    offsets = None if cu_seqlens is None else host_offsets(cu_seqlens)
     dtype = compute_dtype(q, k, v, g, beta, initial_state, A_log, dt_bias)
     out_dtype = v.dtype
     scale = dims.key_dim**-0.5 if scale is None else scale

@@ -17,7 +17,7 @@ With cu_seqlens (B = 1) each packed sequence n uses and returns its own row n of
 import torch
 import torch.nn.functional as F
 
-from qla_agent.kernels.checks import check_conv, check_conv_update
+from qla_agent.kernels.checks import check_conv, check_conv_update, host_offsets
 from qla_agent.kernels.reference import compute_dtype
 
 
@@ -38,7 +38,8 @@ def causal_conv1d(
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefill: x [B,T,C], weight [C,W], conv_state [N,C,W-1] or None -> (y [B,T,C], final_conv_state [N,C,W-1])."""
-    offsets = check_conv(x, weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
+    check_conv(x, weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
+    offsets = None if cu_seqlens is None else host_offsets(cu_seqlens)
     dtype = compute_dtype(x, weight, conv_state)
     state_dtype = x.dtype if conv_state is None else conv_state.dtype
     if offsets is None:

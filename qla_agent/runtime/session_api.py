@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from qla_agent.errors import SessionBusyError, SessionError
 from qla_agent.runtime.admission import Admission
 from qla_agent.runtime.scheduler import Scheduler
-from qla_agent.runtime.sessions import Session, SessionInfo, check_session_id, new_session_id
+from qla_agent.runtime.sessions import Session, SessionInfo, SessionOptions, check_session_id, new_session_id
 from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.runtime.store import from_bytes, to_bytes
 
@@ -45,6 +45,11 @@ class SessionsApi:
     async def get(self, session_id: str) -> SessionInfo:
         """One session (SessionNotFoundError if unknown, SessionError if saved for another model)."""
         return await self._call(lambda: self._table.info(check_session_id(session_id)))
+
+    async def options(self, session_id: str) -> SessionOptions:
+        """A session's tools and template options: what a request that sends only new messages
+        renders with. Cheaper than `get` (no copy of the messages, no load from disk)."""
+        return await self._call(lambda: self._table.options(check_session_id(session_id)))
 
     async def create(
         self,

@@ -16,7 +16,7 @@ import torch
 
 from qla_agent.errors import SessionBusyError, SessionError, SessionNotFoundError
 from qla_agent.runtime.checkpoints import prefix_digests
-from qla_agent.runtime.sessions import Session, SessionInfo, check_session_id
+from qla_agent.runtime.sessions import Session, SessionInfo, SessionOptions, check_session_id
 from qla_agent.runtime.state import MemoryPolicy, SessionState
 from qla_agent.runtime.store import Done, SessionStore, SessionWriter
 
@@ -79,6 +79,15 @@ class SessionTable:
             return self.loaded[session_id].info()
         if session_id in self.on_disk:
             return self.on_disk[session_id]
+        raise self._not_found(session_id)
+
+    def options(self, session_id: str) -> SessionOptions:
+        """A session's tools and template options (from the header for one on disk; no load)."""
+        if session_id in self.loaded:
+            return self.loaded[session_id].options()
+        if session_id in self.on_disk:
+            info = self.on_disk[session_id]
+            return SessionOptions.of(session_id, info.tools, info.template_kwargs)
         raise self._not_found(session_id)
 
     def _not_found(self, session_id: str) -> Exception:

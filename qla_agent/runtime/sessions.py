@@ -89,6 +89,21 @@ class SessionInfo:
         return len(self.messages)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What a session's prompts are rendered with besides its messages (copies; cheap to take)."""
+
+    id: str
+    tools: tuple[dict[str, Any], ...] | None
+    template_kwargs: dict[str, Any]
+
+    @classmethod
+    def of(cls, session_id: str, tools: Sequence[dict[str, Any]] | None,
+           template_kwargs: dict[str, Any]) -> SessionOptions:
+        return cls(id=session_id, tools=None if tools is None else tuple(copy.deepcopy(list(tools))),
+                   template_kwargs=copy.deepcopy(template_kwargs))
+
+
 @dataclass(slots=True, eq=False)
 class Session:
     """A live session; see the module docstring for its invariants."""
@@ -214,6 +229,10 @@ class Session:
             rng_counter=self.rng_counter,
             implicit=self.implicit,
         )
+
+    def options(self) -> SessionOptions:
+        """Tools and template options, without copying the messages as `info()` does."""
+        return SessionOptions.of(self.id, self.tools, self.template_kwargs)
 
     def info(self, *, location: str | None = None) -> SessionInfo:
         """A snapshot for callers."""

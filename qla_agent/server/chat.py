@@ -33,7 +33,7 @@ async def chat_completions(request: Request) -> Response:
     body = await read_model(request, ChatCompletionRequest)
     session_id = resolve_session_id(body, _header_session_id(request))
     # A session's own tools and template options shape the prompt, so the parser needs them too.
-    session = await state.engine.sessions.get(session_id) if session_id is not None else None
+    session = await state.engine.sessions.options(session_id) if session_id is not None else None
     plan = plan_chat(body, settings=state.settings, model_id=state.engine.model_id,
                      served_names=state.served_names, session_id=session_id, session=session,
                      defaults=state.sampling_defaults)

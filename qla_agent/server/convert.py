@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qla_agent.runtime.requests import ChatRequest, SamplingParams
-from qla_agent.runtime.sessions import SessionInfo
+from qla_agent.runtime.sessions import SessionOptions
 from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
@@ -98,10 +98,10 @@ class ChatPlan:
 
 def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id: str,
               served_names: tuple[str, ...], session_id: str | None = None,
-              session: SessionInfo | None = None, defaults: SamplingDefaults = SamplingDefaults()) -> ChatPlan:
+              session: SessionOptions | None = None, defaults: SamplingDefaults = SamplingDefaults()) -> ChatPlan:
     """Check a chat request against the server's limits and build the engine's ChatRequest.
 
-    `session_id` is the resolved id (see `resolve_session_id`), `session` that session's current info.
+    `session_id` is the resolved id (see `resolve_session_id`), `session` that session's tools and options.
     """
     _refuse_unsupported(body)
     model = _check_model(body.model, model_id, served_names)
@@ -254,7 +254,7 @@ def _check_model(requested: str | None, model_id: str, served_names: tuple[str, 
                    param="model", code="model_not_found")
 
 
-def _session_tools(session: SessionInfo) -> list[dict[str, Any]] | None:
+def _session_tools(session: SessionOptions) -> list[dict[str, Any]] | None:
     return None if session.tools is None else [dict(t) for t in session.tools]
 
 

@@ -36,3 +36,21 @@ def test_prefill_kernels_compile(arch: str) -> None:
         assert build.launch_smem_bytes(kernel) <= build.SMEM_LIMIT[arch], (
             f"{program.__module__} needs {build.launch_smem_bytes(kernel)} B of shared memory on {arch}"
         )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("block_v", [16, 128])
+def test_decode_kernel_compiles(arch: str, block_v: int) -> None:
+    """The decode kernel (raw gates, l2norm, grouped heads, int64 slots) builds for `arch`; 16 and 128
+    columns are the smallest and largest tiles (the 128-column slice stages 64 KB of state)."""
+    from qla_agent.kernels.tilelang import build, decode
+
+    config = decode.decode_config(
+        key_heads=16, value_heads=32, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
+        slot_dtype=torch.int64, raw_gates=True, l2norm=True, scale=128**-0.5, block_v=block_v,
+    )
+    kernel = build.compiled(decode.program, config, arch)
+    source = kernel.get_kernel_source()
+    assert f"__launch_bounds__({max(32, block_v)}" in source
+    smem = build.launch_smem_bytes(kernel)
+    assert 128 * block_v * 4 <= smem <= build.SMEM_LIMIT[arch], f"decode stages {smem} B of shared memory on {arch}"

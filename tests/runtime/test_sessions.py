@@ -155,14 +155,20 @@ def test_export_import_and_another_model_is_refused(tiny):
     run(main())
 
 
+CLOCK = {"type": "function", "function": {"name": "clock", "description": "The time", "parameters": {
+    "type": "object", "properties": {}}}}
+
+
 def test_restart_lists_and_resumes_saved_sessions(tiny, tmp_path):
+    """Also: a session's tools and template options read from disk or memory, as copies."""
     params = greedy(4, logit_bias=tiny.digit_bias())
 
     async def main():
         first = make_engine(tiny, sessions_dir=tmp_path)
         await first.start()
         _, a = await chat(first, ChatRequest([_user("Hello there.")], sampling=params, template_kwargs=APPEND_ONLY))
-        made = await first.sessions.create(messages=[_user("Prepared question?")], session_id="prepared")
+        made = await first.sessions.create(messages=[_user("Prepared question?")], session_id="prepared",
+                                           tools=[CLOCK], template_kwargs=APPEND_ONLY)
         await first.stop()
         history = [_user("Hello there."), _answer(a)]
 
@@ -170,12 +176,24 @@ def test_restart_lists_and_resumes_saved_sessions(tiny, tmp_path):
         await second.start()
         listed = {i.id: i for i in await second.sessions.list()}
         assert set(listed) == {a.session_id, "prepared"} and listed[a.session_id].location == "disk"
+        on_disk = await second.sessions.options("prepared")
+        assert (on_disk.tools, on_disk.template_kwargs) == ((CLOCK,), APPEND_ONLY)
+        assert (await second.sessions.get("prepared")).location == "disk"
         _, b = await chat(second, ChatRequest([_user("And now?")], sampling=params, session_id=a.session_id))
         assert b.usage.cached_tokens == _history_tokens(tiny, history, APPEND_ONLY)
         assert list(b.token_ids) == from_scratch(tiny, [*history, _user("And now?")], params,
                                                  template_kwargs=APPEND_ONLY)
         _, c = await chat(second, ChatRequest([], sampling=params, session_id=made.id))
-        assert list(c.token_ids) == from_scratch(tiny, [_user("Prepared question?")], params)
+        assert list(c.token_ids) == from_scratch(tiny, [_user("Prepared question?")], params, tools=[CLOCK],
+                                                 template_kwargs=APPEND_ONLY)
+        loaded = await second.sessions.options("prepared")
+        assert (loaded.tools, loaded.template_kwargs) == ((CLOCK,), APPEND_ONLY)
+        loaded.template_kwargs["enable_thinking"] = True
+        loaded.tools[0]["function"]["name"] = "changed"
+        again = await second.sessions.options("prepared")
+        assert (again.tools, again.template_kwargs) == ((CLOCK,), APPEND_ONLY)
+        with pytest.raises(SessionNotFoundError):
+            await second.sessions.options("never_made")
         await second.sessions.delete("prepared")
         assert not (tmp_path / "prepared.safetensors").exists()
         with pytest.raises(SessionNotFoundError):

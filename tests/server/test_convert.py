@@ -5,8 +5,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from qla_agent.runtime.sessions import SessionInfo
-from qla_agent.runtime.state import MemoryPolicy
+from qla_agent.runtime.sessions import SessionOptions
 from qla_agent.server.convert import SamplingDefaults, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.schemas import ChatCompletionRequest
@@ -106,21 +105,19 @@ def test_tool_policy():
     assert "same function name twice" in api_error(tools=[WEATHER, WEATHER]).message
 
 
-def session_info(tools, kwargs):
-    return SessionInfo(id="s1", model_id="tiny", policy=MemoryPolicy(), n_tokens=0, messages=(), tools=tools,
-                       template_kwargs=kwargs, checkpoints=(), live_digest=b"", state_bytes=0, location="cpu",
-                       busy=False, implicit=False, created=0.0, updated=0.0)
+def session_options(tools, kwargs):
+    return SessionOptions(id="s1", tools=tools, template_kwargs=kwargs)
 
 
 def test_a_session_lends_its_tools_and_options():
-    info = session_info((WEATHER,), {"enable_thinking": False, "preserve_thinking": True})
+    info = session_options((WEATHER,), {"enable_thinking": False, "preserve_thinking": True})
     out = plan(session=info, session_id="s1", enable_thinking=True)
     assert (out.policy.mode, out.tools, out.request.tools) == ("auto", [WEATHER], None)
     assert out.template_kwargs == {"enable_thinking": True, "preserve_thinking": True}
     assert out.request.template_kwargs == {"enable_thinking": True}
     replaced = plan(session=info, session_id="s1", tools=[TIME])
     assert (replaced.tools, replaced.request.tools) == ([TIME], [TIME])
-    assert plan(session=session_info(None, {}), session_id="s1").policy.mode == "none"
+    assert plan(session=session_options(None, {}), session_id="s1").policy.mode == "none"
     named = plan(session=info, session_id="s1", tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert named.policy.name == "get_weather"
 

@@ -9,15 +9,36 @@ import logging
 import torch
 
 from qla_agent.kernels.tilelang.build import device_arch
+from qla_agent.kernels.tilelang.decode import gdn_decode
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gdn_prefill", "supports"]
+__all__ = ["gdn_decode", "gdn_prefill", "supports"]
 
 HEAD_DIM = 128
 IO_DTYPES = (torch.bfloat16, torch.float16)
+# Decode has no tensor-core GEMM, so fp32 q/k/v run too.
+DECODE_IO_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SLOT_DTYPES = (torch.int32, torch.int64)
+
+
+def _gdn_reason(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    A_log: torch.Tensor | None, dt_bias: torch.Tensor | None, io_dtypes: tuple[torch.dtype, ...],
+) -> str | None:
+    """What prefill and decode both need: 128-wide heads, one q/k/v dtype, float gates."""
+    if q.shape[-1] != HEAD_DIM or v.shape[-1] != HEAD_DIM:
+        return f"head dims K={q.shape[-1]}, V={v.shape[-1]}: the kernels are built for K = V = {HEAD_DIM}"
+    if q.dtype not in io_dtypes or k.dtype != q.dtype or v.dtype != q.dtype:
+        names = "/".join(str(d).removeprefix("torch.") for d in io_dtypes)
+        return f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: need one of {names} for all three"
+    if g.dtype not in GATE_DTYPES or beta.dtype != g.dtype:
+        return f"g/beta dtypes {g.dtype}/{beta.dtype}: need the same fp32/bf16/fp16 dtype for both"
+    if A_log is not None and (A_log.dtype not in GATE_DTYPES or dt_bias.dtype not in GATE_DTYPES):
+        return f"A_log/dt_bias dtypes {A_log.dtype}/{dt_bias.dtype}: need fp32/bf16/fp16"
+    return None
 
 
 def _prefill_reason(
@@ -25,26 +46,33 @@ def _prefill_reason(
     initial_state: torch.Tensor | None = None, A_log: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None, **_: object,
 ) -> str | None:
-    if q.shape[-1] != HEAD_DIM or v.shape[-1] != HEAD_DIM:
-        return f"head dims K={q.shape[-1]}, V={v.shape[-1]}: the kernels are built for K = V = {HEAD_DIM}"
-    if q.dtype not in IO_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: need one of bf16/fp16 for all three"
-    if g.dtype not in GATE_DTYPES or beta.dtype != g.dtype:
-        return f"g/beta dtypes {g.dtype}/{beta.dtype}: need the same fp32/bf16/fp16 dtype for both"
     if initial_state is not None and initial_state.dtype != torch.float32:
         return f"initial_state dtype {initial_state.dtype}: the kernels keep the state in fp32"
-    if A_log is not None and (A_log.dtype not in GATE_DTYPES or dt_bias.dtype not in GATE_DTYPES):
-        return f"A_log/dt_bias dtypes {A_log.dtype}/{dt_bias.dtype}: need fp32/bf16/fp16"
-    return None
+    return _gdn_reason(q, k, v, g, beta, A_log, dt_bias, IO_DTYPES)
+
+
+def _decode_reason(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    state: torch.Tensor, slots: torch.Tensor, *, A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None, **_: object,
+) -> str | None:
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        return f"state pool ({state.dtype}, contiguous={state.is_contiguous()}): need a contiguous fp32 pool"
+    if slots.dtype not in SLOT_DTYPES:
+        return f"slots dtype {slots.dtype}: need int32 or int64"
+    return _gdn_reason(q, k, v, g, beta, A_log, dt_bias, DECODE_IO_DTYPES)
+
+
+_REASONS = {"gdn_prefill": _prefill_reason, "gdn_decode": _decode_reason}
 
 
 def supports(op: str, **arguments: object) -> str | None:
     """None when this backend can run `op` on these (validated, CUDA) arguments, else the reason."""
-    if op != "gdn_prefill":
+    if op not in _REASONS:
         return f"the TileLang backend does not implement {op} yet"
     q = arguments["q"]
     arch = device_arch(q.device)
     if arch is None:
         major, minor = torch.cuda.get_device_capability(q.device)
         return f"compute capability {major}.{minor}: the TileLang kernels are built for sm_80 ... sm_90"
-    return _prefill_reason(**arguments)
+    return _REASONS[op](**arguments)

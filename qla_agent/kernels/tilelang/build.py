@@ -38,6 +38,23 @@ def device_arch(device: torch.device) -> str | None:
     return None
 
 
+@functools.cache
+def device_facts(device: torch.device) -> tuple[str | None, int]:
+    """(TileLang arch or None, number of SMs) of a CUDA device; cached, no sync."""
+    return device_arch(device), torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_placeholders: dict[tuple, torch.Tensor] = {}
+
+
+def placeholder(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached zero tensor for a kernel argument the specialisation never reads."""
+    key = (shape, dtype, device)
+    if key not in _placeholders:
+        _placeholders[key] = torch.zeros(shape, dtype=dtype, device=device)
+    return _placeholders[key]
+
+
 def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> Any:
     """Compile `program(config)` for `arch` (uncached; used by the compile tests)."""
     target = {"kind": "cuda", "arch": arch}

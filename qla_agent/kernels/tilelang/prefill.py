@@ -5,7 +5,6 @@ and every buffer size follows from tensor shapes alone, so a call can be capture
 """
 
 import dataclasses
-import functools
 import logging
 
 import torch
@@ -18,17 +17,6 @@ CHUNK = chunk_prep.CHUNK
 TORCH_TO_TL = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
-
-_dummies: dict[tuple, torch.Tensor] = {}
-
-
-def _dummy(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A cached placeholder for an argument the specialisation never reads."""
-    key = (shape, dtype, device)
-    if key not in _dummies:
-        _dummies[key] = torch.zeros(shape, dtype=dtype, device=device)
-    return _dummies[key]
-
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
     """block_v, threads and split_k of chunk_scan for N x Hv = parallel_units (measured on the H100).
@@ -68,11 +56,6 @@ def prefill_configs(
     return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
 
-@functools.cache
-def _device_facts(device: torch.device) -> tuple[str | None, int]:
-    return build.device_arch(device), torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _flat_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     cu_seqlens: torch.Tensor | None, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
@@ -84,11 +67,11 @@ def _flat_inputs(
     v2 = v.reshape(ntok, hv, dim).contiguous()
     g2, b2 = g.reshape(ntok, hv).contiguous(), beta.reshape(ntok, hv).contiguous()
     if cu_seqlens is None:
-        cu = _dummy((2,), torch.int32, device)
+        cu = build.placeholder((2,), torch.int32, device)
     else:
         cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
     if A_log is None:
-        a_log = dtb = _dummy((hv,), torch.float32, device)
+        a_log = dtb = build.placeholder((hv,), torch.float32, device)
     else:
         a_log, dtb = A_log.contiguous(), dt_bias.to(A_log.dtype).contiguous()
     return q2, k2, v2, g2, b2, cu, a_log, dtb
@@ -119,7 +102,7 @@ def gdn_prefill(
     num_chunks = ntok // CHUNK + num_seqs if varlen else batch * -(-seqlen // CHUNK)
     raw_gates = A_log is not None
     param_dtype = A_log.dtype if raw_gates else torch.float32
-    arch, sm_count = _device_facts(device)
+    arch, sm_count = build.device_facts(device)
     prep_cfg, scan_cfg = prefill_configs(
         key_heads=hk, value_heads=hv, dtype=q.dtype, gate_dtype=g.dtype, param_dtype=param_dtype,
         scale=dim**-0.5 if scale is None else scale, raw_gates=raw_gates, l2norm=use_qk_l2norm, varlen=varlen,
@@ -138,7 +121,7 @@ def gdn_prefill(
         return tmat, vecs
 
     o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
-    placeholder = _dummy((1, hv, dim, dim), torch.float32, device)
+    placeholder = build.placeholder((1, hv, dim, dim), torch.float32, device)
     h0 = placeholder if initial_state is None else initial_state.float().contiguous()
     if not output_final_state:
         ht = placeholder
