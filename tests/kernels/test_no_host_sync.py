@@ -51,7 +51,9 @@ def test_checks_read_no_values_off_cpu() -> None:
     slots = torch.empty(5, dtype=torch.int64, device=META)
     checks.check_conv_update(torch.empty(5, 96, device=META), weight, torch.empty(8, 96, 3, device=META), slots)
     d = decode_inputs(DecodeCase(N=5, S=8, Hk=HK, Hv=HV), seed=0, device=META)
-    dims = checks.check_gdn_decode(d["q"], d["k"], d["v"], d["g"], d["beta"], d["state"], slots, A_log=None, dt_bias=None)
+    dims = checks.check_gdn_decode(
+        d["q"], d["k"], d["v"], d["g"], d["beta"], d["state"], slots, A_log=None, dt_bias=None
+    )
     assert dims.num_seqs == 5
 
 

@@ -124,7 +124,8 @@ def test_kernel_algebra_in_fp64(case: DecodeCase) -> None:
     args = (x["q"], x["k"], x["v"], x["g"], x["beta"])
     ref_o = reference.gdn_decode(*args, ref_state, x["slots"], **_kwargs(x, case.l2norm))
     out_o = emulate_decode(
-        *args, out_state, x["slots"], scale=128**-0.5, l2norm=case.l2norm, A_log=x.get("A_log"), dt_bias=x.get("dt_bias")
+        *args, out_state, x["slots"], scale=128**-0.5, l2norm=case.l2norm, A_log=x.get("A_log"),
+        dt_bias=x.get("dt_bias"),
     )
     assert rel_err(ref_o, out_o) < 1e-12
     assert rel_err(ref_state, out_state) < 1e-12

@@ -3,8 +3,8 @@
 Grid (128 / block_v, value heads, tokens). A CTA owns the columns v0 .. v0 + block_v of one
 head's state S [128, 128] (`[K, V]`, fp32) for one token: it stages that slice in shared memory
 (one vectorised copy), then thread j works on column v0 + j (all 128 rows), so every state element
-is read once and written once and no reduction crosses threads. (Holding the column in registers
-instead needs 255 registers and spills, by ptxas.) With raw inputs k, q (L2-norm factors rk, rq, 1 without use_qk_l2norm), alpha = exp(g):
+is read once and written once and no reduction crosses threads. With raw inputs k, q (L2-norm
+factors rk, rq; 1 without use_qk_l2norm) and alpha = exp(g):
 
     pk = S^T k, pq = S^T q, kk = k.k, qq = q.q, kq = k.q     one pass over the column
     u = beta (v - alpha rk pk)                               the delta value
