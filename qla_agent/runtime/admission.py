@@ -49,7 +49,8 @@ class Admission:
         if session is not None and session.busy:
             raise SessionBusyError(f"session {session.id!r} is busy with another request; wait for it or cancel it")
         conv = self._conversation(request, session)
-        prompt = self.renderer.render(conv.messages, tools=conv.tools, template_kwargs=conv.template_kwargs)
+        prompt = self.renderer.render(conv.messages, tools=conv.tools, template_kwargs=conv.template_kwargs,
+                                      suffix=request.assistant_prefix)
         if session is None:
             before = set(self.table.ids())
             session = self._stateless_session(request, prompt)

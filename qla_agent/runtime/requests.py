@@ -71,6 +71,11 @@ class ChatRequest:
     Without `session_id` the messages are the whole conversation: the engine reuses any session whose
     checkpoints prefix the rendered prompt, and creates a new session otherwise (with `policy`, or
     the engine's default policy). `Finished.session_id` names the session either way.
+
+    `assistant_prefix` starts the answer: it is appended to the rendered prompt (after the generation
+    prompt) and prefilled, so the model continues it. It is part of the completion text (the first
+    TextDelta, Finished.text, the stored assistant message) but its tokens count as prompt tokens,
+    and stop strings are looked for only in what the model generates after it.
     """
 
     messages: list[dict[str, Any]]
@@ -80,6 +85,7 @@ class ChatRequest:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     keep_messages: int | None = None
     policy: MemoryPolicy | None = None
+    assistant_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.keep_messages is not None and self.keep_messages < 0:
@@ -123,7 +129,8 @@ class TextDelta:
 class Finished:
     """Last event of a request: why it stopped, its usage, and the session it ran in.
 
-    `text` is the whole raw completion (what the deltas joined to, stop string excluded);
+    `text` is the whole raw completion (what the deltas joined to: the assistant prefix, then the
+    generated text, stop string excluded);
     `token_ids` the sampled tokens (a stop token included when one ended the request).
     """
 

@@ -95,6 +95,7 @@ class Run:
         """Take one sampled token: stream its text, or finish on a stop token/string or a limit."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+            self._emit(self.request.assistant_prefix)
         self.generated.append(token)
         if token in self.stop_ids:
             self.finish_reason = "stop"
@@ -119,7 +120,7 @@ class Run:
             self.channel.put(TextDelta(text))
 
     def completion(self) -> str:
-        """The completion text so far (stop string excluded)."""
+        """The completion text so far: the assistant prefix, then the generated text (stop string excluded)."""
         return "".join(self.text)
 
     def finished(self, reason: FinishReason) -> Finished:

@@ -1,15 +1,19 @@
-"""The tools package's parser, set up for one request: its tools, the template's format, `<think>` state."""
+"""The answer's shape for one request: the start that forces a tool call, and the tools package's
+parser set up with the request's tools, the template's format and its `<think>` state."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from typing import Any, Protocol
 
-from qla_agent.server.convert import ChatPlan
+from qla_agent.server.convert import TOOL_CALL_OPEN, ChatPlan, ToolPolicy
 from qla_agent.tools.parsers import Delta, ParsedMessage, opens_reasoning, parser_for
 
 _PROBE = ({"role": "user", "content": "."},)
+# Ends an open `<think>` the way the templates render an empty reasoning: `<think>\n\n</think>\n\n`.
+CLOSE_REASONING = "\n</think>\n\n"
 
 
 class OutputParser(Protocol):
@@ -40,12 +44,44 @@ class RequestParser:
         return self._stream.finish()
 
 
+def call_prefix(policy: ToolPolicy, tool_format: str | None) -> str:
+    """The start of an answer that leaves the model no choice but a tool call ("" when none is forced).
+
+    `required`: `<tool_call>\\n`; a named function also names it: `<function=NAME>\\n` (qwen_xml) or
+    `{"name": "NAME", "arguments": ` (hermes). Templates without a tool format force nothing.
+    """
+    if policy.mode not in ("required", "named") or tool_format not in ("qwen_xml", "hermes"):
+        return ""
+    if policy.mode == "required":
+        return TOOL_CALL_OPEN + "\n"
+    if tool_format == "qwen_xml":
+        return f"{TOOL_CALL_OPEN}\n<function={policy.name}>\n"
+    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(policy.name)}, "arguments": '
+
+
+def force_tool_call(engine: Any, plan: ChatPlan) -> ChatPlan:
+    """The plan with the answer started by `call_prefix`, for tool_choice "required" or a named function.
+
+    When the generation prompt leaves `<think>` open, the prefix closes it first: a forced call
+    skips the reasoning (the engine cannot insert the call after reasoning the model writes).
+    """
+    prefix = call_prefix(plan.policy, engine.tool_format)
+    if not prefix:
+        return plan
+    if starts_in_reasoning(engine.template, _kwargs_json(plan)):
+        prefix = CLOSE_REASONING + prefix
+    return dataclasses.replace(plan, request=dataclasses.replace(plan.request, assistant_prefix=prefix))
+
+
 def output_parser(engine: Any, plan: ChatPlan) -> RequestParser:
     """The parser for a planned request: tool calls only when the policy parses them."""
     tool_format = engine.tool_format if plan.policy.parse else None
-    kwargs_json = json.dumps(plan.template_kwargs, sort_keys=True, default=str)
-    starts = starts_in_reasoning(engine.template, kwargs_json)
+    starts = starts_in_reasoning(engine.template, _kwargs_json(plan))
     return RequestParser(tool_format, plan.tools, starts_in_reasoning=starts)
+
+
+def _kwargs_json(plan: ChatPlan) -> str:
+    return json.dumps(plan.template_kwargs, sort_keys=True, default=str)
 
 
 @lru_cache(maxsize=64)

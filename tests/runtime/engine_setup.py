@@ -87,10 +87,11 @@ def greedy(max_tokens: int, **kwargs: Any) -> SamplingParams:
 
 
 def from_scratch(tiny: Tiny, messages: list[dict], params: SamplingParams, *, template_kwargs: dict | None = None,
-                 tools: list | None = None) -> list[int]:
-    """The oracle: render the whole conversation, prefill it on an empty state, decode greedily."""
+                 tools: list | None = None, prefix: str = "") -> list[int]:
+    """The oracle: render the whole conversation (+ the answer's `prefix`), prefill it on an empty
+    state, decode greedily."""
     assert params.temperature == 0.0
-    text = tiny.template.render(messages, tools=tools, add_generation_prompt=True, **(template_kwargs or {}))
+    text = tiny.template.render(messages, tools=tools, add_generation_prompt=True, **(template_kwargs or {})) + prefix
     ids = tiny.tokenizer.encode(text)
     state = tiny.model.new_state()
     logits = tiny.model.prefill(torch.tensor(ids), state)

@@ -15,6 +15,8 @@ from tests.server.live import APPEND_ONLY, MODEL_ID, digit_bias
 NO_THINK = {"enable_thinking": False}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "Time in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,44 @@ def test_tools_answer_is_the_parsers_reading_of_the_output(server, client, strea
     assert content == ref.content
     assert calls == [(c.name, c.arguments) for c in ref.tool_calls]
     assert finish == ("tool_calls" if ref.tool_calls else finish)
+
+
+def _answer(client, stream, **kwargs):
+    """(content, [(name, arguments)], reasoning, finish reason, session id) of a plain or streamed request."""
+    if stream:
+        parts, finish, _, session_id = streamed(client, **kwargs)
+        calls = [(c["name"], c["arguments"]) for _, c in sorted(parts["tool_calls"].items())]
+        return parts["content"], calls, parts["reasoning_content"], finish, session_id
+    out = client.chat.completions.create(**kwargs)
+    message = out.choices[0].message
+    calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    reasoning = (message.model_extra or {}).get("reasoning_content") or ""
+    return message.content or "", calls, reasoning, out.choices[0].finish_reason, out.model_extra["session_id"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("choice, thinking, start", [
+    ({"type": "function", "function": {"name": "get_weather"}}, False, "<tool_call>\n<function=get_weather>\n"),
+    ({"type": "function", "function": {"name": "get_weather"}}, True,
+     "\n</think>\n\n<tool_call>\n<function=get_weather>\n"),
+    ("required", False, "<tool_call>\n"),
+], ids=["named", "named-thinking", "required"])
+def test_forced_tool_choice_starts_the_answer_with_the_call(server, client, stream, choice, thinking, start):
+    """The stored answer starts with the forced call (closing an open <think> first); the reply is the
+    parser's reading of it; a named choice always yields that function's call."""
+    kwargs = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                  tools=[WEATHER, TIME], tool_choice=choice, max_tokens=6, temperature=0,
+                  extra_body={"enable_thinking": thinking})
+    content, calls, reasoning, finish, session_id = _answer(client, stream, **kwargs)
+    raw = raw_answer(server, session_id)
+    assert raw.startswith(start) and len(raw) > len(start)
+    ref = parser_for("qwen_xml", [WEATHER, TIME], starts_in_reasoning=thinking).parse(raw)
+    assert (content, reasoning) == (ref.content, ref.reasoning_content or "")
+    assert calls == [(c.name, c.arguments) for c in ref.tool_calls]
+    if choice != "required":
+        # A random model rarely closes the call within 6 tokens: "length" then, as OpenAI says.
+        assert [name for name, _ in calls] == ["get_weather"] and finish in ("tool_calls", "length")
+        assert not reasoning
 
 
 def test_tool_call_and_result_go_into_the_session(server, client):
