@@ -81,7 +81,7 @@ class Admission:
             sampler=SamplerState(params, seed=seed, counter=counter, prompt_tokens=prompt.tokens,
                                  vocab_size=self.vocab_size, device=self.model.device),
             detok=IncrementalDetokenizer(self.renderer.tokenizer),
-            stopper=StopMatcher(params.stop),
+            stopper=StopMatcher(params.stop, keep=params.stop_after),
             stop_ids=self.stop_ids | frozenset(t for t in params.stop_token_ids if 0 <= t < self.vocab_size),
             context_limit=self.context_length if session.policy.kind == "full" else None,
             pos=cached,

@@ -24,7 +24,9 @@ class SamplingParams:
     the prompt and the completion. `logit_bias` maps token id -> value added to its logit before
     anything else (-100 bans a token, +100 all but forces it). `seed` makes the request reproducible
     on its own; without it the session's RNG stream is used (and persisted with the session).
-    `stop` strings are never part of the returned text; `stop_token_ids` add to the tokenizer's eos.
+    `stop` strings are never part of the returned text; `stop_after` strings end it too but stay in
+    it (the server stops after the first `</tool_call>` when it returns one call at most);
+    `stop_token_ids` add to the tokenizer's eos.
     """
 
     temperature: float = 1.0
@@ -37,6 +39,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
+    stop_after: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     logit_bias: dict[int, float] = field(default_factory=dict)
 
@@ -52,8 +55,9 @@ class SamplingParams:
         for name, ok, rule in checks:
             if not ok:
                 raise RequestError(f"sampling {name}={getattr(self, name)!r} must be {rule}")
-        if any(not s for s in self.stop):
-            raise RequestError(f"stop strings must be non-empty, got {self.stop!r}")
+        for name in ("stop", "stop_after"):
+            if any(not s for s in getattr(self, name)):
+                raise RequestError(f"{name} strings must be non-empty, got {getattr(self, name)!r}")
 
     @property
     def greedy(self) -> bool:

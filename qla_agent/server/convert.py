@@ -7,7 +7,10 @@ tool_choice is enforced like this:
 - `required` / a named function: validated (the tools exist, the name is one of them); the tool list
   goes into the prompt as for `auto`, the answer is started with the call (`output.force_tool_call`)
   and the parsed calls are filtered to the named function.
-`parallel_tool_calls=false` keeps only the first call.
+`parallel_tool_calls=false` and a named function return one call: generation stops right after the
+first `</tool_call>` (a `stop_after` string, kept in the text), so the session stores what the
+client gets and its next turn (the call's result) continues that history. The call filter behind
+it drops nothing then; it stays as a guard.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from qla_agent.server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
 RESERVED_TEMPLATE_KWARGS = frozenset({
     "messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
     "tokenize", "return_dict", "chat_template", "bos_token", "eos_token",
@@ -45,6 +49,11 @@ class ToolPolicy:
     @property
     def parse(self) -> bool:
         return self.mode != "none"
+
+    @property
+    def one_call(self) -> bool:
+        """At most one call comes back: a named function, or parallel calls turned off."""
+        return self.mode == "named" or (self.mode != "none" and not self.parallel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +128,7 @@ def plan_chat(body: ChatCompletionRequest, *, settings: ServerSettings, model_id
     request = ChatRequest(
         messages=[message_dict(m, i) for i, m in enumerate(body.messages)],
         tools=request_tools,
-        sampling=_sampling(body, settings, stops, defaults),
+        sampling=_sampling(body, settings, stops, policy, defaults),
         session_id=session_id,
         template_kwargs=kwargs,
         keep_messages=body.keep_messages,
@@ -203,7 +212,7 @@ def _arguments(raw: str | dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _sampling(body: ChatCompletionRequest, settings: ServerSettings, stops: tuple[str, ...],
-              defaults: SamplingDefaults) -> SamplingParams:
+              policy: ToolPolicy, defaults: SamplingDefaults) -> SamplingParams:
     def pick(name: str) -> Any:
         value = getattr(body, name)
         return getattr(defaults, name) if value is None else value
@@ -219,6 +228,7 @@ def _sampling(body: ChatCompletionRequest, settings: ServerSettings, stops: tupl
         seed=body.seed,
         max_tokens=_max_tokens(body, settings),
         stop=stops,
+        stop_after=(TOOL_CALL_CLOSE,) if policy.one_call else (),
         stop_token_ids=tuple(body.stop_token_ids or ()),
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )

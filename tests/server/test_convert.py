@@ -105,6 +105,20 @@ def test_tool_policy():
     assert "same function name twice" in api_error(tools=[WEATHER, WEATHER]).message
 
 
+@pytest.mark.parametrize("body, stop_after", [
+    ({"tools": [WEATHER]}, ()),
+    ({"tools": [WEATHER], "parallel_tool_calls": False}, ("</tool_call>",)),
+    ({"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False}, ("</tool_call>",)),
+    ({"tools": [WEATHER], "tool_choice": "required"}, ()),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+     ("</tool_call>",)),
+    ({"tools": [WEATHER], "tool_choice": "none", "parallel_tool_calls": False}, ()),
+    ({"parallel_tool_calls": False}, ()),
+], ids=["auto", "auto-one", "required-one", "required", "named", "none", "no-tools"])
+def test_one_call_answers_stop_after_the_first_call(body, stop_after):
+    assert plan(**body).request.sampling.stop_after == stop_after
+
+
 def session_options(tools, kwargs):
     return SessionOptions(id="s1", tools=tools, template_kwargs=kwargs)
 

@@ -158,6 +158,34 @@ def test_forced_tool_choice_starts_the_answer_with_the_call(server, client, stre
         assert not reasoning
 
 
+def test_one_call_answers_stop_after_the_first_call_so_the_session_holds_what_the_client_got(server, client, tiny):
+    """A bias makes the model write `</tool_call>` at every step: with parallel calls it runs to
+    max_tokens; with parallel_tool_calls false or a named function it stops after the first one, and
+    the session stores exactly the text the client's answer was parsed from."""
+    close = tiny.tokenizer.token_id("</tool_call>")
+    base = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER, TIME],
+                max_tokens=6, temperature=0, logit_bias={str(close): 100.0}, extra_body=APPEND_ONLY)
+    many = client.chat.completions.create(**base)
+    assert (many.usage.completion_tokens, many.choices[0].finish_reason) == (6, "length")
+    one = client.chat.completions.create(**base, parallel_tool_calls=False)
+    assert (one.usage.completion_tokens, one.choices[0].finish_reason) == (1, "stop")
+    assert raw_answer(server, one.model_extra["session_id"]) == "</tool_call>"
+    named = client.chat.completions.create(**base, tool_choice={"type": "function", "function": {"name": "get_time"}})
+    sid = named.model_extra["session_id"]
+    raw = raw_answer(server, sid)
+    assert raw == "<tool_call>\n<function=get_time>\n</tool_call>" and named.usage.completion_tokens == 1
+    ref = parser_for("qwen_xml", [WEATHER, TIME]).parse(raw)
+    calls = named.choices[0].message.tool_calls
+    assert [(c.function.name, c.function.arguments) for c in calls] == [(c.name, c.arguments) for c in ref.tool_calls]
+    assert [c.function.name for c in calls] == ["get_time"] and named.choices[0].finish_reason == "tool_calls"
+    # The client answers the one call it got; the session goes on from the history it stored.
+    result = {"role": "tool", "tool_call_id": calls[0].id, "content": "12:00"}
+    after = client.chat.completions.create(model=MODEL_ID, messages=[result], max_tokens=2, temperature=0,
+                                          extra_body={"session_id": sid})
+    assert after.usage.prompt_tokens_details.cached_tokens >= named.usage.prompt_tokens + 1
+    assert [m["role"] for m in session(server, sid)["messages"]] == ["user", "assistant", "tool", "assistant"]
+
+
 def test_tool_call_and_result_go_into_the_session(server, client):
     history = [
         {"role": "user", "content": "Weather in Paris?"},
