@@ -53,16 +53,16 @@ class Renderer:
     tokenizer: Tokenizer
 
     def render(
-        self, messages: Messages, *, tools: Tools, template_kwargs: Mapping[str, Any], add_generation_prompt: bool = True,
-        suffix: str = "",
+        self, messages: Messages, *, tools: Tools, template_kwargs: Mapping[str, Any],
+        add_generation_prompt: bool = True, suffix: str = "",
     ) -> Prompt:
         """Render and tokenize a conversation, `suffix` appended (ChatTemplateError if the template refuses it).
 
         The text is tokenized as a whole, so a suffix (the start of the answer) tokenizes as it would
         in the conversation's later rendering.
         """
-        text = self.template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
-        text += suffix
+        text = self.template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                    **template_kwargs) + suffix
         return Prompt(text=text, tokens=token_array(self.tokenizer.encode(text)))
 
     def boundaries(

@@ -217,7 +217,8 @@ class Scheduler:
         # Admission leaves at least one prompt token to run, so the last chunk ran in this call.
         assert logits is not None
         self._prefilling.remove(run)
-        self._accept(run, sample(self.admission.vocab_logits(logits[None]), [run.sampler], generator=self._generator)[0])
+        first = sample(self.admission.vocab_logits(logits[None]), [run.sampler], generator=self._generator)[0]
+        self._accept(run, first)
         if run.finish_reason is None:
             self._decoding.append(run)
         return used

@@ -4,7 +4,13 @@ import asyncio
 
 import pytest
 
-from qla_agent.errors import ContextOverflowError, EngineNotRunningError, SessionBusyError, SessionError, SessionNotFoundError
+from qla_agent.errors import (
+    ContextOverflowError,
+    EngineNotRunningError,
+    SessionBusyError,
+    SessionError,
+    SessionNotFoundError,
+)
 from qla_agent.runtime.requests import ChatRequest, SamplingParams, TextDelta
 from tests.runtime.engine_setup import (
     APPEND_ONLY,

@@ -13,7 +13,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
 # What a model writes after the forced start, per format, for get_weather(city="Paris").
 REST = {
     "qwen_xml": {"named": "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
-                 "required": "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"},
+                 "required": "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
+                             "</tool_call>"},
     "hermes": {"named": '{"city": "Paris"}}\n</tool_call>',
                "required": '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'},
 }

@@ -20,7 +20,8 @@ SERVE = "from qla_agent.server.run import serve; from qla_agent.server.settings 
 
 def test_serve_prints_where_it_listens_and_answers(tiny, tmp_path):
     """Also: on the CPU, without QLA_THREADS, torch gets one thread per core but one."""
-    env = {**{k: v for k, v in os.environ.items() if k != "QLA_THREADS"}, "QLA_MODEL": str(tiny.path), "QLA_DEVICE": "cpu", "QLA_PORT": "0",
+    env = {**{k: v for k, v in os.environ.items() if k != "QLA_THREADS"},
+           "QLA_MODEL": str(tiny.path), "QLA_DEVICE": "cpu", "QLA_PORT": "0",
            "QLA_SESSIONS_DIR": str(tmp_path / "sessions"), "QLA_API_KEY": "k", "COLUMNS": "200",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stderr=subprocess.PIPE, text=True)
