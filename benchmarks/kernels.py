@@ -1,7 +1,10 @@
-"""Time the GDN prefill: our TileLang kernels vs FLA Triton vs FlashQLA, in one run on one GPU.
+"""Time the GDN prefill (our TileLang kernels vs FLA Triton vs FlashQLA) and decode, in one run on one GPU.
 
-    source .device/setup.sh && python benchmarks/kernels.py [--shapes NAME ...] [--impls ours,fla,flashqla]
-        [--variants v1,t128,...] [--json PATH]
+    source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,decode] [--shapes NAME ...]
+        [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--json PATH]
+
+The decode section (benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in
+CUDA graphs; --decode-variants adds every block_v.
 
 Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
 q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
@@ -186,28 +189,68 @@ def format_table(rows: list[dict], card: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
-    parser.add_argument("--impls", default="ours,fla,flashqla", help="comma-separated: ours, fla, flashqla")
-    parser.add_argument("--json", help="write the rows here too")
-    parser.add_argument("--variants", default="", help=f"comma-separated names from {sorted(VARIANTS)}")
-    args = parser.parse_args()
+def _record(args: argparse.Namespace, results: dict, row: dict) -> None:
+    """Print a measured row to stderr and rewrite the JSON file, so a run cut short keeps its rows."""
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"card": torch.cuda.get_device_name(), **results}, f)
+
+
+def run_prefill(args: argparse.Namespace, results: dict) -> list[dict]:
+    """Prefill rows for the selected shapes, recorded as they are measured."""
     shapes = [s for s in SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
     fns = runners(args.impls.split(","))
     variants = [v for v in args.variants.split(",") if v]
-    rows = []
+    rows = results.setdefault("prefill", [])
     for shape in shapes:
         rows.append(time_shape(shape, fns, variants))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"card": torch.cuda.get_device_name(), "rows": rows}, f)
+        _record(args, results, rows[-1])
     for r in rows:
         extra = {k: round(v, 4) for k, v in r.items() if k.startswith("ours_") and k != "ours_vs_fla"}
         if extra:
             print(f"variants {r['shape']}: {extra}")
-    print(format_table(rows, torch.cuda.get_device_name()))
+    return rows
+
+
+def run_decode(args: argparse.Namespace, results: dict) -> list[dict]:
+    """Decode rows for the selected shapes, recorded as they are measured."""
+    from benchmarks.kernels_decode import DECODE_SHAPES, time_decode
+
+    shapes = [s for s in DECODE_SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
+    rows = results.setdefault("decode", [])
+    for shape in shapes:
+        rows.append(time_decode(shape, with_fla="fla" in args.impls, variants=args.decode_variants))
+        _record(args, results, rows[-1])
+    for r in rows:
+        extra = {k: v and round(v, 2) for k, v in r.items() if k.startswith("ours_bv")}
+        if extra:
+            print(f"variants {r['shape']}: {extra}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default="prefill,decode", help="comma-separated: prefill, decode")
+    parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
+    parser.add_argument("--impls", default="ours,fla,flashqla", help="comma-separated: ours, fla, flashqla")
+    parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--variants", default="", help=f"comma-separated names from {sorted(VARIANTS)}")
+    parser.add_argument("--decode-variants", action="store_true", help="time the decode kernel at every block_v")
+    args = parser.parse_args()
+    ops = args.ops.split(",")
+    card = torch.cuda.get_device_name()
+    results: dict[str, list[dict]] = {}
+    if "prefill" in ops:
+        run_prefill(args, results)
+    if "decode" in ops:
+        run_decode(args, results)
+    if "prefill" in results:
+        print(format_table(results["prefill"], card))
+    if "decode" in results:
+        from benchmarks.kernels_decode import format_decode_table
+
+        print(format_decode_table(results["decode"], card))
 
 
 if __name__ == "__main__":

@@ -90,3 +90,22 @@ def test_decode_launcher_reads_no_values(fake_kernels) -> None:
     assert o.shape == (5, HV, D) and o.dtype == torch.bfloat16
     call = fake_kernels["decode"].calls[-1]
     assert call["state"] is x["state"] and call["sq"] == x["q"].stride(0)
+
+
+def test_conv_launchers_read_no_values(fake_kernels) -> None:
+    from qla_agent.kernels.tilelang import _conv_reason, _conv_update_reason
+    from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
+
+    projection = torch.empty(1, 700, 6200, device=META, dtype=torch.bfloat16)
+    x, weight = projection[..., :6144], torch.empty(6144, 4, device=META, dtype=torch.bfloat16)
+    state = torch.empty(1, 6144, 3, device=META, dtype=torch.bfloat16)
+    assert _conv_reason(x, weight, conv_state=state) is None
+    y, final = causal_conv1d(x, weight, conv_state=state)
+    assert y.shape == x.shape and final.shape == state.shape
+    assert fake_kernels["conv"].calls[-1]["sxt"] == 6200
+    pool = torch.empty(9, 6144, 3, device=META, dtype=torch.bfloat16)
+    slots = torch.empty(5, dtype=torch.int64, device=META)
+    step = torch.empty(5, 6200, device=META, dtype=torch.bfloat16)[:, :6144]
+    assert _conv_update_reason(step, weight, pool, slots) is None
+    assert causal_conv1d_update(step, weight, pool, slots).shape == (5, 6144)
+    assert fake_kernels["conv"].calls[-1]["conv_state"] is pool

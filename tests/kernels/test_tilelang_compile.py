@@ -54,3 +54,21 @@ def test_decode_kernel_compiles(arch: str, block_v: int) -> None:
     assert f"__launch_bounds__({max(32, block_v)}" in source
     smem = build.launch_smem_bytes(kernel)
     assert 128 * block_v * 4 <= smem <= build.SMEM_LIMIT[arch], f"decode stages {smem} B of shared memory on {arch}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conv_kernels_compile(arch: str) -> None:
+    """The conv prefill (with a state) and update (with slots) build for `arch` at the 0.8B model's width."""
+    from qla_agent.kernels.tilelang import build, conv
+
+    prefill = conv.ConvConfig(
+        channels=6144, width=4, dtype="bfloat16", weight_dtype="bfloat16", state_dtype="bfloat16", has_state=True
+    )
+    update = conv.ConvUpdateConfig(
+        channels=6144, width=4, dtype="bfloat16", weight_dtype="bfloat16", state_dtype="bfloat16",
+        slot_dtype="int64", has_slots=True,
+    )
+    for program, config in ((conv.conv_program, prefill), (conv.update_program, update)):
+        kernel = build.compiled(program, config, arch)
+        assert f"__launch_bounds__({config.block_c}" in kernel.get_kernel_source()
+    assert build.launch_smem_bytes(build.compiled(conv.conv_program, prefill, arch)) <= build.SMEM_LIMIT[arch]

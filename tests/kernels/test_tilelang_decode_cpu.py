@@ -7,8 +7,6 @@ strided rows, slots, in-place update. The CUDA lowering (thread mapping, shared 
 checked by the GPU tests in test_tilelang_decode.py.
 """
 
-import functools
-
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ from qla_agent.kernels import reference
 from tests.kernels.decode_inputs import DecodeCase, as_fp64, decode_inputs
 from tests.kernels.gdn_inputs import GdnShape, gdn_inputs, rel_err
 
-tilelang = pytest.importorskip("tilelang")
+pytest.importorskip("tilelang")
 
 CASES = [
     DecodeCase(N=3, S=5, Hk=2, Hv=4, raw_gates=True, l2norm=True, block_v=32),
@@ -24,20 +22,6 @@ CASES = [
     DecodeCase(N=4, S=9, Hk=1, Hv=4, l2norm=True, slot_dtype=torch.int32, block_v=128),
     DecodeCase(N=2, S=3, Hk=2, Hv=2, raw_gates=True, block_v=64),
 ]
-
-
-@functools.cache
-def _compile_c(program, config):
-    return tilelang.compile(program(config), target="c")
-
-
-@pytest.fixture
-def c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The launcher's kernels compile for TileLang's C backend (CPU tensors)."""
-    from qla_agent.kernels.tilelang import build
-
-    monkeypatch.setattr(build, "compiled", lambda program, config, arch: _compile_c(program, config))
-    monkeypatch.setattr(build, "device_facts", lambda device: ("c", 132))
 
 
 def _kwargs(x: dict[str, torch.Tensor], l2norm: bool) -> dict:

@@ -91,3 +91,45 @@ def test_decode_replays_in_cuda_graph() -> None:
     torch.cuda.synchronize()
     assert rel_err(ref_o, o) < 8e-3
     assert rel_err(ref["state"], static["state"]) < 1e-5
+
+
+def test_gdn_layer_decode_step_replays_in_cuda_graph() -> None:
+    """Conv update on a fused projection, then decode on slices of its output: the layer's decode step."""
+    hk, hv, n, pool_rows = 2, 4, 3, 7
+    channels = (2 * hk + hv) * 128
+    gen = torch.Generator().manual_seed(5)
+
+    def fresh() -> dict[str, torch.Tensor]:
+        return {
+            "proj": torch.randn(n, channels + 2 * hv, generator=gen).to("cuda", torch.bfloat16),
+            "conv_pool": torch.randn(pool_rows, channels, 3, generator=gen).to("cuda", torch.bfloat16),
+            "state_pool": (torch.randn(pool_rows, hv, 128, 128, generator=gen) / 12).to("cuda"),
+            "slots": torch.randperm(pool_rows, generator=gen)[:n].to("cuda"),
+        }
+
+    weight = (torch.randn(channels, 4, generator=gen) / 2).to("cuda", torch.bfloat16)
+    A_log, dt_bias = torch.randn(hv, generator=gen).to("cuda"), torch.randn(hv, generator=gen).to("cuda")
+
+    def step(x: dict[str, torch.Tensor], impl: str) -> torch.Tensor:
+        u = kernels.causal_conv1d_update(x["proj"][:, :channels], weight, x["conv_pool"], x["slots"], impl=impl)
+        q, k = u[:, : hk * 128].unflatten(1, (hk, 128)), u[:, hk * 128 : 2 * hk * 128].unflatten(1, (hk, 128))
+        v = u[:, 2 * hk * 128 :].unflatten(1, (hv, 128))
+        a, b = x["proj"][:, channels : channels + hv], x["proj"][:, channels + hv :]
+        return kernels.gdn_decode(
+            q, k, v, a, b, x["state_pool"], x["slots"], use_qk_l2norm=True, A_log=A_log, dt_bias=dt_bias, impl=impl
+        )
+
+    static = fresh()
+    graph, o = _capture(lambda: step(static, "tilelang"))
+    new = fresh()
+    ref_inputs = {name: t.clone() for name, t in new.items()}
+    for name, tensor in static.items():
+        tensor.copy_(new[name])
+    ref_o = step(ref_inputs, "reference")
+    o.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(ref_o, o) < 2e-2
+    assert torch.equal(ref_inputs["conv_pool"], static["conv_pool"])
+    # Both paths round the conv output to bf16; a value on a rounding boundary may differ by one ulp.
+    assert rel_err(ref_inputs["state_pool"], static["state_pool"]) < 1e-2

@@ -9,12 +9,13 @@ import logging
 import torch
 
 from qla_agent.kernels.tilelang.build import device_arch
+from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gdn_decode", "gdn_prefill", "supports"]
+__all__ = ["causal_conv1d", "causal_conv1d_update", "gdn_decode", "gdn_prefill", "supports"]
 
 HEAD_DIM = 128
 IO_DTYPES = (torch.bfloat16, torch.float16)
@@ -22,6 +23,8 @@ IO_DTYPES = (torch.bfloat16, torch.float16)
 DECODE_IO_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SLOT_DTYPES = (torch.int32, torch.int64)
+CONV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_CONV_WIDTH = 8
 
 
 def _gdn_reason(
@@ -63,16 +66,50 @@ def _decode_reason(
     return _gdn_reason(q, k, v, g, beta, A_log, dt_bias, DECODE_IO_DTYPES)
 
 
-_REASONS = {"gdn_prefill": _prefill_reason, "gdn_decode": _decode_reason}
+def _conv_dtypes_reason(x: torch.Tensor, weight: torch.Tensor, conv_state: torch.Tensor | None) -> str | None:
+    dtypes = [t.dtype for t in (x, weight, conv_state) if t is not None]
+    if any(d not in CONV_DTYPES for d in dtypes):
+        return f"x/weight/conv_state dtypes {dtypes}: need bf16/fp16/fp32"
+    if weight.shape[1] > MAX_CONV_WIDTH:
+        return f"conv width W={weight.shape[1]}: the kernels unroll up to W = {MAX_CONV_WIDTH}"
+    return None
+
+
+def _conv_reason(
+    x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None, **_: object,
+) -> str | None:
+    if cu_seqlens is not None:
+        return "packed varlen (cu_seqlens) conv is not implemented in TileLang"
+    return _conv_dtypes_reason(x, weight, conv_state)
+
+
+def _conv_update_reason(
+    x: torch.Tensor, weight: torch.Tensor, conv_state: torch.Tensor, slots: torch.Tensor | None = None, **_: object,
+) -> str | None:
+    if not conv_state.is_contiguous():
+        return "conv_state pool is not contiguous: it is updated in place, pass a contiguous pool"
+    if slots is not None and slots.dtype not in SLOT_DTYPES:
+        return f"slots dtype {slots.dtype}: need int32 or int64"
+    return _conv_dtypes_reason(x, weight, conv_state)
+
+
+_REASONS = {
+    "gdn_prefill": _prefill_reason,
+    "gdn_decode": _decode_reason,
+    "causal_conv1d": _conv_reason,
+    "causal_conv1d_update": _conv_update_reason,
+}
 
 
 def supports(op: str, **arguments: object) -> str | None:
     """None when this backend can run `op` on these (validated, CUDA) arguments, else the reason."""
     if op not in _REASONS:
         return f"the TileLang backend does not implement {op} yet"
-    q = arguments["q"]
-    arch = device_arch(q.device)
+    first = arguments["q"] if "q" in arguments else arguments["x"]
+    device = first.device
+    arch = device_arch(device)
     if arch is None:
-        major, minor = torch.cuda.get_device_capability(q.device)
+        major, minor = torch.cuda.get_device_capability(device)
         return f"compute capability {major}.{minor}: the TileLang kernels are built for sm_80 ... sm_90"
     return _REASONS[op](**arguments)

@@ -20,6 +20,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")
+TORCH_TO_TL = {
+    torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32",
+    torch.int32: "int32", torch.int64: "int64",
+}
 
 PORTABLE_PASS_CONFIGS = {
     tilelang.PassConfigKey.TL_DISABLE_WGMMA: True,
@@ -53,6 +57,21 @@ def placeholder(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     if key not in _placeholders:
         _placeholders[key] = torch.zeros(shape, dtype=dtype, device=device)
     return _placeholders[key]
+
+
+def flat_view(x: torch.Tensor, inner_dims: int) -> tuple[torch.Tensor, list[int]]:
+    """(1-D view from x's first to its last element, strides of the leading dims).
+
+    The last `inner_dims` dims must be compact (they are copied to a contiguous tensor first if not);
+    the leading dims may have any strides, so a slice of a fused projection is passed without a copy.
+    A kernel reads element (i, j, ..., inner offset) at i * stride_i + j * stride_j + offset.
+    """
+    lead = x.dim() - inner_dims
+    inner = x[(0,) * lead]
+    if not inner.is_contiguous():
+        x = x.contiguous()
+    length = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    return x.as_strided((length,), (1,)), list(x.stride()[:lead])
 
 
 def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> Any:

@@ -16,7 +16,6 @@ column is needed only once. The q, k, v, g, beta rows are read through flat view
 stride, so slices of a fused projection need no copy; slots may be int32 or int64.
 """
 
-import math
 from dataclasses import dataclass
 
 import tilelang.language as T
@@ -26,10 +25,6 @@ from qla_agent.kernels.tilelang import build
 
 HEAD_DIM = 128
 L2NORM_EPS = 1e-6
-TORCH_TO_TL = {
-    torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32",
-    torch.int32: "int32", torch.int64: "int64",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,24 +138,12 @@ def decode_config(
     slot_dtype: torch.dtype, raw_gates: bool, l2norm: bool, scale: float, block_v: int,
 ) -> DecodeConfig:
     """The kernel config of one call (a pure function of shapes and flags, for precompiling too)."""
+    tl = build.TORCH_TO_TL
     return DecodeConfig(
-        key_heads=key_heads, value_heads=value_heads, dtype=TORCH_TO_TL[dtype], gate_dtype=TORCH_TO_TL[gate_dtype],
-        param_dtype=TORCH_TO_TL[param_dtype], slot_dtype=TORCH_TO_TL[slot_dtype], raw_gates=raw_gates,
+        key_heads=key_heads, value_heads=value_heads, dtype=tl[dtype], gate_dtype=tl[gate_dtype],
+        param_dtype=tl[param_dtype], slot_dtype=tl[slot_dtype], raw_gates=raw_gates,
         l2norm=l2norm, scale=float(scale), block_v=block_v,
     )
-
-
-def flat_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(1-D view from x[0] to the end of x[-1], row stride) for x [N, ...] with compact rows.
-
-    Rows that are not compact (x[0] not contiguous) are copied first; a strided slice of a fused
-    projection is passed as is.
-    """
-    if not x[0].is_contiguous():
-        x = x.contiguous()
-    row = math.prod(x.shape[1:])
-    length = (x.shape[0] - 1) * x.stride(0) + row
-    return x.as_strided((length,), (1,)), x.stride(0)
 
 
 def launch_args(
@@ -168,7 +151,8 @@ def launch_args(
     slots: torch.Tensor, o: torch.Tensor, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
 ) -> tuple:
     """The kernel's arguments in order: flat q, k, v, g, beta, gate parameters, state, slots, o, strides."""
-    (qf, sq), (kf, sk), (vf, sv), (gf, sg), (bf, sb) = (flat_rows(x) for x in (q, k, v, g, beta))
+    (qf, (sq,)), (kf, (sk,)), (vf, (sv,)) = (build.flat_view(x, 2) for x in (q, k, v))
+    (gf, (sg,)), (bf, (sb,)) = (build.flat_view(x, 1) for x in (g, beta))
     if A_log is None:
         a_log = dtb = build.placeholder((v.shape[1],), torch.float32, q.device)
     else:
@@ -199,5 +183,7 @@ def gdn_decode(
     )
     kernel = build.compiled(program, cfg, arch)
     o = torch.empty((count, value_heads, dim), dtype=v.dtype, device=q.device) if out is None else out
+    if count == 0:
+        return o
     kernel(*launch_args(q, k, v, g, beta, state, slots, o, A_log, dt_bias))
     return o

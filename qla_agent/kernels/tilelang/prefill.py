@@ -14,7 +14,6 @@ from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
 logger = logging.getLogger(__name__)
 
 CHUNK = chunk_prep.CHUNK
-TORCH_TO_TL = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
 
@@ -41,10 +40,11 @@ def prefill_configs(
 
     scan_overrides replaces ScanConfig fields (threads, split_k, ...) for benchmarking variants.
     """
-    tl_dtype = TORCH_TO_TL[dtype]
+    tl = build.TORCH_TO_TL
+    tl_dtype = tl[dtype]
     prep = chunk_prep.PrepConfig(
-        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=TORCH_TO_TL[gate_dtype],
-        param_dtype=TORCH_TO_TL[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
+        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=tl[gate_dtype],
+        param_dtype=tl[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
     )
     tile = pick_scan_tile(arch, num_seqs * value_heads, sm_count)
     if block_v is not None:

@@ -1,0 +1,90 @@
+"""GPU tests of the TileLang causal conv (prefill and one-token update) against the fp64 reference.
+
+Inputs are bf16 (as in the model); the reference runs in fp64 on the same values, so the error left
+is fp32 arithmetic plus one rounding of y. Final and updated states are copies of inputs: exact.
+The allocator cache is NaN-filled before each run, so an output element never written fails.
+"""
+
+import pytest
+import torch
+
+from qla_agent import kernels
+from qla_agent.kernels import reference_conv
+from tests.kernels.gdn_inputs import rel_err
+
+pytestmark = pytest.mark.gpu
+
+BOUND = 8e-3
+W = 4
+
+
+def _poison_allocator() -> None:
+    junk = torch.full((64 << 20,), float("nan"), device="cuda")
+    del junk
+
+
+def _inputs(batch: int, seqlen: int, channels: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """x [B,T,C] bf16 as a strided slice of a wider projection; weight [C,W]; state [B,C,W-1] (bf16)."""
+    gen = torch.Generator().manual_seed(seed)
+    wide = torch.randn(batch, seqlen, channels + 64, generator=gen).to("cuda", torch.bfloat16)
+    weight = (torch.randn(channels, W, generator=gen) / 2).to("cuda", torch.bfloat16)
+    state = torch.randn(batch, channels, W - 1, generator=gen).to("cuda", torch.bfloat16)
+    return wide[..., 32 : 32 + channels], weight, state
+
+
+@pytest.mark.parametrize("channels", [300, 6144], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("seqlen", [1, 2, 63, 1000], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "nostate"])
+def test_conv_matches_reference(channels: int, seqlen: int, with_state: bool) -> None:
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    x, weight, state = _inputs(2, seqlen, channels, seed=seqlen + channels)
+    state = state if with_state else None
+    ref_y, ref_state = reference_conv.causal_conv1d(
+        x.double(), weight.double(), conv_state=None if state is None else state.double()
+    )
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state)
+    torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_state.to(out_state.dtype), out_state)
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32, None], ids=["int64", "int32", "noslots"])
+def test_conv_update_matches_reference(slot_dtype: torch.dtype | None) -> None:
+    from qla_agent.kernels.tilelang.conv import causal_conv1d_update
+
+    x, weight, pool = _inputs(9, 1, 6144, seed=1)
+    x, slots = x[:5, 0], None
+    if slot_dtype is not None:
+        slots = torch.tensor([8, 0, 3, 5, 1], dtype=slot_dtype, device="cuda")
+    ref_pool, out_pool = pool.clone(), pool.clone()
+    ref_y = reference_conv.causal_conv1d_update(x.double(), weight.double(), ref_pool, slots)
+    _poison_allocator()
+    out_y = causal_conv1d_update(x, weight, out_pool, slots)
+    torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_pool, out_pool)
+
+
+def test_conv_prefill_then_updates_equals_one_prefill() -> None:
+    from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
+
+    x, weight, state = _inputs(1, 205, 6144, seed=2)
+    ref_y, ref_state = reference_conv.causal_conv1d(x.double(), weight.double(), conv_state=state.double())
+    head_y, pool = causal_conv1d(x[:, :200], weight, conv_state=state)
+    steps = [causal_conv1d_update(x[:, t], weight, pool) for t in range(200, 205)]
+    assert rel_err(ref_y, torch.cat([head_y, torch.stack(steps, dim=1)], dim=1)) < BOUND
+    assert torch.equal(ref_state.to(pool.dtype), pool)
+
+
+def test_dispatch_uses_tilelang_conv() -> None:
+    """The public entry points run these kernels for CUDA bf16 inputs (impl="tilelang" must not raise)."""
+    x, weight, state = _inputs(1, 100, 6144, seed=3)
+    ref_y, ref_state = kernels.causal_conv1d(x, weight, conv_state=state, impl="reference")
+    out_y, out_state = kernels.causal_conv1d(x, weight, conv_state=state, impl="tilelang")
+    assert rel_err(ref_y, out_y) < BOUND and torch.equal(ref_state, out_state)
+    ref_pool, out_pool = state.clone(), state.clone()
+    ref_step = kernels.causal_conv1d_update(x[:, 0], weight, ref_pool, impl="reference")
+    out_step = kernels.causal_conv1d_update(x[:, 0], weight, out_pool, impl="tilelang")
+    assert rel_err(ref_step, out_step) < BOUND and torch.equal(ref_pool, out_pool)

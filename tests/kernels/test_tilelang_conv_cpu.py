@@ -1,0 +1,74 @@
+"""The TileLang conv programs (prefill and one-token update) run on the CPU through TileLang's C backend.
+
+As for decode (test_tilelang_decode_cpu.py): the real launchers and prim_funcs, lowered for the CPU
+with fp32 tensors, against the fp64 reference. C = 300 is not a multiple of the 256-channel tile and
+T = 70 ends in a partial 32-token tile; x is a strided slice of a wider projection, as in the model.
+"""
+
+import pytest
+import torch
+
+from qla_agent.kernels import reference_conv
+from tests.kernels.gdn_inputs import rel_err
+
+pytest.importorskip("tilelang")
+
+C, W = 300, 4
+
+
+def _projection_slice(*lead: int, seed: int) -> torch.Tensor:
+    """x [*lead, C] as columns 5 .. 5 + C of a wider fp32 tensor (strided rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*lead, C + 11, generator=gen)[..., 5 : 5 + C]
+
+
+def _weight_and_state(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(C, W, generator=gen) / 2, torch.randn(rows, C, W - 1, generator=gen)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 70], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "nostate"])
+def test_conv_program_matches_reference(c_kernels, seqlen: int, with_state: bool) -> None:
+    """B=2 sequences of `seqlen` tokens; T < W-1 makes the final state mix old state and new inputs."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    x = _projection_slice(2, seqlen, seed=seqlen)
+    weight, state = _weight_and_state(2, seed=3)
+    state = state if with_state else None
+    ref_y, ref_state = reference_conv.causal_conv1d(x, weight, conv_state=state)
+    ref64_y, _ = reference_conv.causal_conv1d(
+        x.double(), weight.double(), conv_state=None if state is None else state.double()
+    )
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state)
+    assert rel_err(ref64_y, out_y) < 1e-6
+    assert rel_err(ref_y, out_y) < 1e-6
+    assert torch.equal(ref_state, out_state), "the final state is a copy of inputs: it must be exact"
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32, None], ids=["int64", "int32", "noslots"])
+def test_conv_update_program_matches_reference(c_kernels, slot_dtype: torch.dtype | None) -> None:
+    from qla_agent.kernels.tilelang.conv import causal_conv1d_update
+
+    x = _projection_slice(3, seed=4)
+    weight, pool = _weight_and_state(6, seed=5)
+    slots = None if slot_dtype is None else torch.tensor([4, 0, 2], dtype=slot_dtype)
+    ref_pool, out_pool = pool.clone(), pool.clone()
+    ref_y = reference_conv.causal_conv1d_update(x, weight, ref_pool, slots)
+    out_y = causal_conv1d_update(x, weight, out_pool, slots)
+    assert rel_err(ref_y, out_y) < 1e-6
+    assert torch.equal(ref_pool, out_pool), "updated rows are copies of inputs; other rows untouched"
+    assert not torch.equal(out_pool, pool)
+
+
+def test_conv_prefill_then_updates_equals_one_prefill(c_kernels) -> None:
+    """Kernel prefill of 40 tokens, then 5 kernel updates == reference prefill of 45 tokens."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
+
+    x = _projection_slice(1, 45, seed=6)
+    weight, state = _weight_and_state(1, seed=7)
+    ref_y, ref_state = reference_conv.causal_conv1d(x, weight, conv_state=state)
+    head_y, pool = causal_conv1d(x[:, :40], weight, conv_state=state)
+    steps = [causal_conv1d_update(x[:, t], weight, pool) for t in range(40, 45)]
+    assert rel_err(ref_y, torch.cat([head_y, torch.stack(steps, dim=1)], dim=1)) < 1e-6
+    assert torch.equal(ref_state, pool)
