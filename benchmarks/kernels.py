@@ -1,10 +1,12 @@
-"""Time the GDN prefill (our TileLang kernels vs FLA Triton vs FlashQLA) and decode, in one run on one GPU.
+"""Time the GDN prefill (ours vs FLA Triton vs FlashQLA), the conv and the decode step, in one run on one GPU.
 
-    source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,decode] [--shapes NAME ...]
+    source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,conv,decode] [--shapes NAME ...]
         [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--json PATH]
 
-The decode section (benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in
-CUDA graphs; --decode-variants adds every block_v.
+--shapes filters every section by substring ("decode", "conv update", "1x16384"). The decode section
+(benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in CUDA graphs
+(--decode-variants adds every block_v); the conv section (benchmarks/kernels_conv.py) times ours vs the
+torch reference vs FLA's Triton conv.
 
 Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
 q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
@@ -213,15 +215,21 @@ def run_prefill(args: argparse.Namespace, results: dict) -> list[dict]:
     return rows
 
 
-def run_decode(args: argparse.Namespace, results: dict) -> list[dict]:
-    """Decode rows for the selected shapes, recorded as they are measured."""
+def run_section(args: argparse.Namespace, results: dict, op: str) -> list[dict]:
+    """Decode or conv rows for the selected shapes, recorded as they are measured."""
+    from benchmarks.kernels_conv import CONV_SHAPES, time_conv
     from benchmarks.kernels_decode import DECODE_SHAPES, time_decode
 
-    shapes = [s for s in DECODE_SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
-    rows = results.setdefault("decode", [])
+    with_fla = "fla" in args.impls
+    if op == "decode":
+        shapes, measure = DECODE_SHAPES, lambda s: time_decode(s, with_fla=with_fla, variants=args.decode_variants)
+    else:
+        shapes, measure = CONV_SHAPES, lambda s: time_conv(s, with_fla=with_fla)
+    rows = results.setdefault(op, [])
     for shape in shapes:
-        rows.append(time_decode(shape, with_fla="fla" in args.impls, variants=args.decode_variants))
-        _record(args, results, rows[-1])
+        if not args.shapes or any(p in shape.name for p in args.shapes):
+            rows.append(measure(shape))
+            _record(args, results, rows[-1])
     for r in rows:
         extra = {k: v and round(v, 2) for k, v in r.items() if k.startswith("ours_bv")}
         if extra:
@@ -231,7 +239,7 @@ def run_decode(args: argparse.Namespace, results: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default="prefill,decode", help="comma-separated: prefill, decode")
+    parser.add_argument("--ops", default="prefill,decode,conv", help="comma-separated: prefill, decode, conv")
     parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
     parser.add_argument("--impls", default="ours,fla,flashqla", help="comma-separated: ours, fla, flashqla")
     parser.add_argument("--json", help="write the rows here too")
@@ -243,14 +251,15 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     if "prefill" in ops:
         run_prefill(args, results)
-    if "decode" in ops:
-        run_decode(args, results)
-    if "prefill" in results:
-        print(format_table(results["prefill"], card))
-    if "decode" in results:
-        from benchmarks.kernels_decode import format_decode_table
+    for op in ("conv", "decode"):
+        if op in ops:
+            run_section(args, results, op)
+    from benchmarks.kernels_conv import format_conv_table
+    from benchmarks.kernels_decode import format_decode_table
 
-        print(format_decode_table(results["decode"], card))
+    for op, fmt in (("prefill", format_table), ("conv", format_conv_table), ("decode", format_decode_table)):
+        if results.get(op):
+            print(fmt(results[op], card))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def decode_runners(x: dict, block_v: int | None = None, with_fla: bool = True) -
     return out
 
 
-def _graph_us(fn: Callable[[int], object]) -> float | None:
+def graph_us(fn: Callable[[int], object]) -> float | None:
     """Median microseconds per call when GRAPH_CALLS rotating calls replay as one CUDA graph."""
     import triton
 
@@ -117,7 +117,7 @@ def _graph_us(fn: Callable[[int], object]) -> float | None:
     return 1e3 * triton.testing.do_bench(graph.replay, warmup=20, rep=200, return_mode="median") / GRAPH_CALLS
 
 
-def _eager_us(fn: Callable[[int], object]) -> float:
+def eager_us(fn: Callable[[int], object]) -> float:
     import triton
 
     state = {"i": 0}
@@ -141,11 +141,11 @@ def time_decode(shape: DecodeShape, with_fla: bool, variants: bool) -> dict:
         x["pool"][:shape.batch] = saved
         row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
     for name, fn in fns.items():
-        row[f"{name}_eager_us"] = _eager_us(fn)
-        row[f"{name}_graph_us"] = _graph_us(fn)
+        row[f"{name}_eager_us"] = eager_us(fn)
+        row[f"{name}_graph_us"] = graph_us(fn)
     if variants:
         for bv in BLOCK_V_VARIANTS:
-            row[f"ours_bv{bv}_graph_us"] = _graph_us(decode_runners(x, block_v=bv, with_fla=False)["ours"])
+            row[f"ours_bv{bv}_graph_us"] = graph_us(decode_runners(x, block_v=bv, with_fla=False)["ours"])
     return row
 
 

@@ -25,6 +25,7 @@ GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SLOT_DTYPES = (torch.int32, torch.int64)
 CONV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_CONV_WIDTH = 8
+INT32_LIMIT = 2**31
 
 
 def _gdn_reason(
@@ -81,6 +82,9 @@ def _conv_reason(
 ) -> str | None:
     if cu_seqlens is not None:
         return "packed varlen (cu_seqlens) conv is not implemented in TileLang"
+    span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    if span >= INT32_LIMIT:
+        return f"x spans {span} elements: the conv kernel indexes x with int32 (< {INT32_LIMIT})"
     return _conv_dtypes_reason(x, weight, conv_state)
 
 
