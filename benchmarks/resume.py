@@ -35,7 +35,7 @@ from qla_agent.runtime.config import ModelConfig  # noqa: E402
 from qla_agent.runtime.engine import Engine, EngineSettings  # noqa: E402
 from qla_agent.runtime.loader import load_model  # noqa: E402
 from qla_agent.runtime.model import HybridModel  # noqa: E402
-from qla_agent.runtime.requests import ChatRequest, Finished, SamplingParams  # noqa: E402
+from qla_agent.runtime.requests import ChatRequest, Finished, SamplingParams, Started  # noqa: E402
 from qla_agent.runtime.tokenizer import Tokenizer  # noqa: E402
 
 # Text-config shapes: "cpu" is a scaled-down Qwen3.5; "0.8b" is Qwen3.5-0.8B's (model_spec.md §2).
@@ -89,10 +89,12 @@ def conversation(tokenizer: Tokenizer, template: ChatTemplate, n_tokens: int) ->
 
 
 async def first_token(engine: Engine, request: ChatRequest) -> tuple[float, Finished]:
-    """Seconds to the first event (the first token's text, or Finished when it has none) and Finished."""
+    """Seconds to the first output event (the first token's text, or Finished when it has none) and Finished."""
     start = time.perf_counter()
     first = None
     async for event in engine.chat(request):
+        if isinstance(event, Started):
+            continue
         first = first or time.perf_counter() - start
         if isinstance(event, Finished):
             return first, event

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, help="most tokens one request may generate (default 32768)")
     serve.add_argument("--max-sessions", type=int, help="live sessions at most (default 256)")
     serve.add_argument("--served-model-name", help="model id the API shows (default: the folder's name)")
+    serve.add_argument("--threads", type=int, help="torch CPU threads (default: one per core but one)")
     serve.add_argument("--cors-origins", nargs="+", help="allow these browser origins (default: none)")
     serve.set_defaults(func=_serve)
 
