@@ -18,8 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.kernels import SHAPES, VARIANT_SHAPES, VARIANTS  # noqa: E402
-from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan  # noqa: E402
+from benchmarks.kernels_conv import CONV_SHAPES  # noqa: E402
+from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS  # noqa: E402
+from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
+from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
 from tests.kernels.test_tilelang_prefill import CASES  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,45 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     return list(dict.fromkeys(pairs))
 
 
+def _decode_config(hk: int, hv: int, dtype: torch.dtype, gates: torch.dtype, slots: torch.dtype, raw: bool, l2: bool,
+                   block_v: int) -> tuple:
+    config = decode.decode_config(
+        key_heads=hk, value_heads=hv, dtype=dtype, gate_dtype=gates, param_dtype=torch.float32, slot_dtype=slots,
+        raw_gates=raw, l2norm=l2, scale=128**-0.5, block_v=block_v,
+    )
+    return decode.program, config
+
+
+def step_configs() -> list:
+    """(program, config) pairs of the decode and conv kernels for the GPU tests, benchmarks and runtime."""
+    bf16, f32, i64, i32 = torch.bfloat16, torch.float32, torch.int64, torch.int32
+    pick = decode.pick_block_v
+    pairs = [
+        _decode_config(
+            c.Hk, c.Hv, c.dtype, f32, c.slot_dtype, c.raw_gates, c.l2norm, c.block_v or pick(c.N * c.Hv, H100_SMS)
+        )
+        for c in DECODE_CASES
+    ]
+    # The after-prefill, dispatch and graph tests (the runtime's layers are among the benchmark shapes).
+    pairs += [_decode_config(2, 4, bf16, gates, i64, True, True, 16) for gates in (f32, bf16)]
+    for s in DECODE_SHAPES:
+        for bv in {pick(s.batch * s.value_heads, H100_SMS), *BLOCK_V_VARIANTS}:
+            pairs.append(_decode_config(KEY_HEADS, s.value_heads, bf16, bf16, i64, True, True, bv))
+    names = {bf16: "bfloat16"}
+    for channels in {300, 1024, *(s.channels for s in CONV_SHAPES)}:
+        for has_state in (True, False):
+            pairs.append((conv.conv_program, conv.ConvConfig(
+                channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16], state_dtype=names[bf16],
+                has_state=has_state,
+            )))
+        for slot_dtype, has_slots in ((i64, True), (i32, True), (i32, False)):
+            pairs.append((conv.update_program, conv.ConvUpdateConfig(
+                channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16], state_dtype=names[bf16],
+                slot_dtype=build.TORCH_TO_TL[slot_dtype], has_slots=has_slots,
+            )))
+    return pairs
+
+
 def _compile(pair: tuple, arch: str) -> str:
     program, config = pair
     try:
@@ -82,6 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     pairs = wanted_configs(args.arch, tuple(v for v in args.variants.split(",") if v))
+    pairs = list(dict.fromkeys(pairs + step_configs()))
     logger.info("%d kernels to compile for %s", len(pairs), args.arch)
     with ProcessPoolExecutor(args.jobs) as pool:
         for done in pool.map(_compile, pairs, [args.arch] * len(pairs)):
