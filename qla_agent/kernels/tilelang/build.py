@@ -59,19 +59,27 @@ def placeholder(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return _placeholders[key]
 
 
-def flat_view(x: torch.Tensor, inner_dims: int) -> tuple[torch.Tensor, list[int]]:
+def flat_view(x: torch.Tensor, inner_dims: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """(1-D view from x's first to its last element, strides of the leading dims).
 
     The last `inner_dims` dims must be compact (they are copied to a contiguous tensor first if not);
     the leading dims may have any strides, so a slice of a fused projection is passed without a copy.
     A kernel reads element (i, j, ..., inner offset) at i * stride_i + j * stride_j + offset.
+    (Plain tuple arithmetic: this runs for every tensor of every decode step.)
     """
-    lead = x.dim() - inner_dims
-    inner = x[(0,) * lead]
-    if not inner.is_contiguous():
-        x = x.contiguous()
-    length = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
-    return x.as_strided((length,), (1,)), list(x.stride()[:lead])
+    shape, strides = x.shape, x.stride()
+    lead = len(shape) - inner_dims
+    expected = 1
+    for size, stride in zip(reversed(shape[lead:]), reversed(strides[lead:])):
+        if size != 1 and stride != expected:
+            x = x.contiguous()
+            shape, strides = x.shape, x.stride()
+            break
+        expected *= size
+    length = 1
+    for size, stride in zip(shape, strides):
+        length += (size - 1) * stride
+    return x.as_strided((length,), (1,)), strides[:lead]
 
 
 def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> Any:

@@ -177,11 +177,11 @@ def causal_conv1d_update(
     )
     arch, _ = build.device_facts(x.device)
     kernel = build.compiled(update_program, cfg, arch)
-    flat, (sx,) = build.flat_view(x, 1)
-    if slots is None:
-        slots = build.placeholder((1,), torch.int32, x.device)
     y = torch.empty((count, channels), dtype=x.dtype, device=x.device)
     if count == 0:
         return y
+    flat, (sx,) = build.flat_view(x, 1)
+    if slots is None:
+        slots = build.placeholder((1,), torch.int32, x.device)
     kernel(flat, weight.contiguous(), conv_state, slots.contiguous(), y, sx)
     return y
