@@ -95,10 +95,11 @@ def step_configs() -> list:
     names = {bf16: "bfloat16"}
     for channels in {300, 1024, *(s.channels for s in CONV_SHAPES)}:
         for has_state in (True, False):
-            pairs.append((conv.conv_program, conv.ConvConfig(
-                channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16], state_dtype=names[bf16],
-                has_state=has_state,
-            )))
+            for varlen in (False, True):
+                pairs.append((conv.conv_program, conv.ConvConfig(
+                    channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16],
+                    state_dtype=names[bf16], has_state=has_state, varlen=varlen,
+                )))
         for slot_dtype, has_slots in ((i64, True), (i32, True), (i32, False)):
             pairs.append((conv.update_program, conv.ConvUpdateConfig(
                 channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16], state_dtype=names[bf16],

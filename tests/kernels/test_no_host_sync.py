@@ -103,6 +103,10 @@ def test_conv_launchers_read_no_values(fake_kernels) -> None:
     y, final = causal_conv1d(x, weight, conv_state=state)
     assert y.shape == x.shape and final.shape == state.shape
     assert fake_kernels["conv"].calls[-1]["sxt"] == 6200
+    packed_states = torch.empty(3, 6144, 3, device=META, dtype=torch.bfloat16)
+    cu = torch.empty(4, dtype=torch.int64, device=META)
+    y, final = causal_conv1d(x, weight, conv_state=packed_states, cu_seqlens=cu)
+    assert final.shape == packed_states.shape
     pool = torch.empty(9, 6144, 3, device=META, dtype=torch.bfloat16)
     slots = torch.empty(5, dtype=torch.int64, device=META)
     step = torch.empty(5, 6200, device=META, dtype=torch.bfloat16)[:, :6144]

@@ -58,11 +58,13 @@ def test_decode_kernel_compiles(arch: str, block_v: int) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_conv_kernels_compile(arch: str) -> None:
-    """The conv prefill (with a state) and update (with slots) build for `arch` at the 0.8B model's width."""
+    """The conv prefill (packed sequences with states) and update (with slots) build for `arch` at the
+    0.8B model's width."""
     from qla_agent.kernels.tilelang import build, conv
 
     prefill = conv.ConvConfig(
-        channels=6144, width=4, dtype="bfloat16", weight_dtype="bfloat16", state_dtype="bfloat16", has_state=True
+        channels=6144, width=4, dtype="bfloat16", weight_dtype="bfloat16", state_dtype="bfloat16", has_state=True,
+        varlen=True,
     )
     update = conv.ConvUpdateConfig(
         channels=6144, width=4, dtype="bfloat16", weight_dtype="bfloat16", state_dtype="bfloat16",

@@ -50,6 +50,25 @@ def test_conv_matches_reference(channels: int, seqlen: int, with_state: bool) ->
     assert torch.equal(ref_state.to(out_state.dtype), out_state)
 
 
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "nostate"])
+def test_varlen_conv_matches_reference(with_state: bool) -> None:
+    """Packed sequences (1, 2, 63, 64, 65, 300 tokens), cu_seqlens int64 on the device."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    lens = (1, 2, 63, 64, 65, 300)
+    x, weight, state = _inputs(1, sum(lens), 6144, seed=4)
+    state = torch.randn(len(lens), 6144, W - 1).to("cuda", torch.bfloat16) if with_state else None
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda")
+    ref_y, ref_state = reference_conv.causal_conv1d(
+        x.double(), weight.double(), conv_state=None if state is None else state.double(), cu_seqlens=cu
+    )
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_state.to(out_state.dtype), out_state)
+
+
 @pytest.mark.parametrize("slot_dtype", [torch.int64, torch.int32, None], ids=["int64", "int32", "noslots"])
 def test_conv_update_matches_reference(slot_dtype: torch.dtype | None) -> None:
     from qla_agent.kernels.tilelang.conv import causal_conv1d_update

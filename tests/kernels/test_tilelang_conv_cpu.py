@@ -72,3 +72,20 @@ def test_conv_prefill_then_updates_equals_one_prefill(c_kernels) -> None:
     steps = [causal_conv1d_update(x[:, t], weight, pool) for t in range(40, 45)]
     assert rel_err(ref_y, torch.cat([head_y, torch.stack(steps, dim=1)], dim=1)) < 1e-6
     assert torch.equal(ref_state, pool)
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=["state", "nostate"])
+def test_varlen_conv_program_matches_reference(c_kernels, with_state: bool) -> None:
+    """Packed sequences of 1, 2, 40, 3 and 33 tokens: 32-token tiles straddle sequence starts, and
+    sequences shorter than W-1 take taps (and final-state values) from their own state row."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    lens = (1, 2, 40, 3, 33)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    x = _projection_slice(1, sum(lens), seed=8)
+    weight, state = _weight_and_state(len(lens), seed=9)
+    state = state if with_state else None
+    ref_y, ref_state = reference_conv.causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu.long())
+    assert rel_err(ref_y, out_y) < 1e-6
+    assert torch.equal(ref_state, out_state)

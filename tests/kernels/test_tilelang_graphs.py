@@ -67,6 +67,36 @@ def test_varlen_prefill_replays_in_cuda_graph() -> None:
     assert rel_err(ref_ht, ht) < 1e-2
 
 
+def test_varlen_conv_replays_in_cuda_graph() -> None:
+    from qla_agent.kernels import reference_conv
+
+    gen = torch.Generator().manual_seed(6)
+
+    def inputs(lens: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        return {
+            "x": torch.randn(1, sum(lens), 1024, generator=gen).to("cuda", torch.bfloat16),
+            "conv_state": torch.randn(len(lens), 1024, 3, generator=gen).to("cuda", torch.bfloat16),
+            "cu_seqlens": torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda"),
+        }
+
+    weight = torch.randn(1024, 4, generator=gen).to("cuda", torch.bfloat16)
+    static = inputs((1, 70, 2, 100))
+    graph, (y, final) = _capture(lambda: kernels.causal_conv1d(
+        static["x"], weight, conv_state=static["conv_state"], cu_seqlens=static["cu_seqlens"], impl="tilelang"
+    ))
+    fresh = inputs((90, 1, 3, 79))
+    for name, tensor in static.items():
+        tensor.copy_(fresh[name])
+    y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_y, ref_final = reference_conv.causal_conv1d(
+        fresh["x"].double(), weight.double(), conv_state=fresh["conv_state"].double(), cu_seqlens=fresh["cu_seqlens"]
+    )
+    assert rel_err(ref_y, y) < 8e-3
+    assert torch.equal(ref_final.to(final.dtype), final)
+
+
 def test_decode_replays_in_cuda_graph() -> None:
     case = DecodeCase(N=6, S=10, Hk=2, Hv=4, raw_gates=True, l2norm=True, dtype=torch.bfloat16)
     static = decode_inputs(case, seed=3, device="cuda")

@@ -77,11 +77,8 @@ def _conv_dtypes_reason(x: torch.Tensor, weight: torch.Tensor, conv_state: torch
 
 
 def _conv_reason(
-    x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None, **_: object,
+    x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None, **_: object,
 ) -> str | None:
-    if cu_seqlens is not None:
-        return "packed varlen (cu_seqlens) conv is not implemented in TileLang"
     span = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
     if span >= INT32_LIMIT:
         return f"x spans {span} elements: the conv kernel indexes x with int32 (< {INT32_LIMIT})"
