@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from qla_agent import __version__
+from qla_agent.errors import QlaError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -90,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.action in {"export", "import"} and not args.file:
             parser.error(f"sessions {args.action} needs --file")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except QlaError as e:
+        # Our errors say what was wrong and how to fix it; a traceback adds nothing for the user (-v keeps it).
+        if args.verbose:
+            raise
+        print(f"qla-agent {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
