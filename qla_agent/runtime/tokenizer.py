@@ -2,7 +2,8 @@
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def _config_eos_ids(config: Mapping[str, Any]) -> list[int]:
 class Tokenizer:
     """A checkpoint's tokenizer: encode/decode through tokenizer.json, plus the ids that end a turn."""
 
-    __slots__ = ("_backend", "eos_token_ids", "special_tokens_map", "vocab_size")
+    __slots__ = ("_backend", "_text_backend", "_special_ids", "special_pattern", "eos_token_ids",
+                 "special_tokens_map", "vocab_size")
 
     def __init__(
         self,
@@ -94,6 +96,18 @@ class Tokenizer:
         if bad:
             raise TokenizerError(f"eos token ids {bad} are outside the vocabulary of {self.vocab_size} tokens")
         self.special_tokens_map: dict[str, str] = dict(special_tokens_map or {})
+        # Added tokens marked special (ChatML's <|im_start|> ...); non-special ones (<tool_call>) are markup.
+        self._special_ids: dict[str, int] = {
+            t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special
+        }
+        # Longest first, so a match is the leftmost-longest one, as the backend's own matching picks.
+        longest_first = sorted(self._special_ids, key=len, reverse=True)
+        self.special_pattern: re.Pattern[str] | None = (
+            re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
+        )
+        # A copy that reads special tokens as plain text (flag on a copy: encode may run on several threads).
+        self._text_backend = _Backend.from_str(backend.to_str())
+        self._text_backend.encode_special_tokens = True
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Tokenizer":
@@ -122,9 +136,28 @@ class Tokenizer:
             raise TokenizerError(f"{path} names no eos token; add eos_token to tokenizer_config.json")
         return cls(backend, eos_token_ids=eos_ids, special_tokens_map=named)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special and added tokens written in the text become single tokens."""
-        return self._backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, as_text: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Token ids of `text`; special and added tokens written in the text become single tokens.
+
+        Special tokens inside the char spans `as_text` (sorted, disjoint [start, end)) are encoded as
+        plain text instead. Only the special tokens outside them cut the text; each piece between two
+        cuts is encoded in one go, so text around a span merges as it would anywhere else.
+        """
+        if not as_text or self.special_pattern is None:
+            return self._backend.encode(text, add_special_tokens=False).ids
+        ids: list[int] = []
+        piece_start = search_from = 0
+        for lo, hi in [*as_text, (len(text), len(text))]:
+            assert search_from <= lo <= hi <= len(text), f"bad as_text span {(lo, hi)} in {len(text)} chars"
+            for match in self.special_pattern.finditer(text, search_from, lo):
+                ids += self._encode_as_text(text[piece_start : match.start()])
+                ids.append(self._special_ids[match.group()])
+                piece_start = match.end()
+            search_from = hi
+        return ids + self._encode_as_text(text[piece_start:])
+
+    def _encode_as_text(self, text: str) -> list[int]:
+        return self._text_backend.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Text of `ids` (special tokens kept unless `skip_special_tokens`)."""
