@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from qla_agent.kernels.tilelang.build import device_arch
+from qla_agent.kernels.tilelang.build import HEAD_DIM, device_arch
 from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
@@ -18,7 +18,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["causal_conv1d", "causal_conv1d_update", "gdn_decode", "gdn_prefill", "supports"]
 
-HEAD_DIM = 128
 IO_DTYPES = (torch.bfloat16, torch.float16)
 # Decode has no tensor-core GEMM, so fp32 q/k/v run too.
 DECODE_IO_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import tilelang
 import tilelang.language as T
 
+from qla_agent.kernels.tilelang.build import HEAD_DIM
+
 CHUNK = 64
-HEAD_DIM = 128
 LOG2E = 1.4426950408889634
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import tilelang.language as T
 
-CHUNK = 64
-HEAD_DIM = 128
+from qla_agent.kernels.tilelang.build import HEAD_DIM
+from qla_agent.kernels.tilelang.chunk_prep import CHUNK
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ import tilelang.language as T
 import torch
 
 from qla_agent.kernels.tilelang import build
+from qla_agent.kernels.tilelang.build import HEAD_DIM
 
-HEAD_DIM = 128
 L2NORM_EPS = 1e-6
 
 
