@@ -21,8 +21,9 @@ def _ids(n: int, seed: int, vocab: int) -> torch.Tensor:
 
 
 def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
-    # fp32 round-off differs between chunkings (transformers itself differs by ~7e-5 relative here).
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    # fp32 round-off differs between chunkings (transformers itself differs by ~7e-5 relative here, and
+    # a one-row GEMM takes another BLAS path than a many-row one: up to ~1.1e-4 seen); a wrong state is O(1).
+    torch.testing.assert_close(out, ref, rtol=0, atol=3e-4 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("split", [1, 5, 64, 69], ids=lambda s: f"split{s}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qla_agent import kernels
@@ -33,9 +34,19 @@ class GatedDeltaNet(nn.Module):
         self.norm = GatedRMSNorm(self.dv, c.rms_norm_eps, dtype=dtype, device=device)
         self.out_proj = nn.Linear(self.value_dim, c.hidden_size, bias=False, dtype=dtype, device=device)
 
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x [T, H] -> qkv [T, conv_dim], z [T, nv, dv], b [T, nv], a [T, nv]."""
-        qkv, z, b, a = self.in_proj(x).split([self.conv_dim, self.value_dim, self.nv, self.nv], dim=-1)
+    def _project(self, x: Tensor, *, separate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [T, H] -> qkv [T, conv_dim], z [T, nv, dv], b [T, nv], a [T, nv].
+
+        separate: one GEMM per output group (row slices of in_proj), so qkv and z come out contiguous
+        for the conv and the gated norm (prefill); otherwise one GEMM and strided views (decode, where
+        the launch count matters more than the layout).
+        """
+        sizes = [self.conv_dim, self.value_dim, 2 * self.nv]
+        if separate:
+            qkv, z, ba = (F.linear(x, w) for w in self.in_proj.weight.split(sizes))
+        else:
+            qkv, z, ba = self.in_proj(x).split(sizes, dim=-1)
+        b, a = ba.chunk(2, dim=-1)
         return qkv, z.unflatten(-1, (self.nv, self.dv)), b, a
 
     def _heads(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -49,7 +60,7 @@ class GatedDeltaNet(nn.Module):
 
     def prefill(self, x: Tensor, recurrent: Tensor, conv: Tensor) -> Tensor:
         """x [T, H] -> [T, H]; recurrent [nv, dk, dv] fp32 and conv [conv_dim, W-1] updated in place."""
-        qkv, z, b, a = self._project(x)
+        qkv, z, b, a = self._project(x, separate=True)
         u, conv_out = kernels.causal_conv1d(qkv[None], self.conv_weight, conv_state=conv[None])
         conv.copy_(conv_out[0])
         q, k, v = self._heads(u[0])
@@ -67,7 +78,7 @@ class GatedDeltaNet(nn.Module):
         recurrent_pool [S, nv, dk, dv] fp32 and conv_pool [S, conv_dim, W-1] are updated in place at rows
         `slots` [N].
         """
-        qkv, z, b, a = self._project(x)
+        qkv, z, b, a = self._project(x, separate=False)
         u = kernels.causal_conv1d_update(qkv, self.conv_weight, conv_pool, slots)
         q, k, v = self._heads(u)
         o = kernels.gdn_decode(
