@@ -32,12 +32,13 @@ class PartialRope:
         angles = torch.cat([freqs, freqs], dim=-1)[:, None, :]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """x [T, heads, head_dim] -> same, dims [0, rotary_dim) rotated."""
-        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+    def apply_(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate dims [0, rotary_dim) of x [T, heads, head_dim] in place (x must own its memory); returns x."""
         half = self.rotary_dim // 2
-        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-        return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+        first, second = x[..., :half], x[..., half : self.rotary_dim]
+        rotated = torch.cat([-second, first], dim=-1)
+        x[..., : self.rotary_dim] = x[..., : self.rotary_dim] * cos + rotated * sin
+        return x
 
 
 class GatedAttention(nn.Module):
@@ -64,7 +65,7 @@ class GatedAttention(nn.Module):
         v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
         q = self.q_norm(query)
         cos, sin = self.rope.cos_sin(positions, q.dtype)
-        return self.rope.apply(q, cos, sin), gate.flatten(-2), self.rope.apply(k, cos, sin), v
+        return self.rope.apply_(q, cos, sin), gate.flatten(-2), self.rope.apply_(k, cos, sin), v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
