@@ -1,11 +1,15 @@
-"""Where one model prefill spends its GPU time: torch profiler table of the top CUDA kernels.
+"""Where one model prefill (or one batch-1 decode step) spends its time: torch profiler tables.
 
-    python benchmarks/profile_prefill.py --shape 0.8b --tokens 8192
+    python -m benchmarks.profile_prefill --shape 0.8b --tokens 8192 [--decode]
+
+Prints the top CUDA kernels by device time, then (for decode, which is host-bound) the top ops by
+host time, and the wall time of the profiled call.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -18,19 +22,35 @@ from qla_agent.runtime.model import HybridModel
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="0.8b")
-    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--tokens", type=int, default=8192, help="prompt length (the decode's history with --decode)")
+    parser.add_argument("--decode", action="store_true", help="profile one batch-1 decode step instead")
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
     model = HybridModel(ModelConfig.from_dict(text_config(args.shape)), dtype=torch.bfloat16, device="cuda")
     random_init_(model)
     ids = torch.randint(0, 240000, (args.tokens,), device="cuda")
     with torch.inference_mode():
-        model.prefill(ids, model.new_state())
+        if args.decode:
+            state = model.new_state()
+            model.prefill(ids, state)
+            token = ids[:1]
+            run = lambda: model.decode(token, [state])  # noqa: E731
+        else:
+            run = lambda: model.prefill(ids, model.new_state())  # noqa: E731
+        run()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            model.prefill(ids, model.new_state())
+            run()
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - started) * 1e3
+    table = prof.key_averages()
+    print(table.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+    if args.decode:
+        print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    print(f"{'decode step' if args.decode else f'prefill {args.tokens}'}: {wall_ms:.2f} ms wall (unprofiled)")
 
 
 if __name__ == "__main__":
