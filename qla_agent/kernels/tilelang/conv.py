@@ -1,14 +1,17 @@
 """TileLang causal depthwise conv1d + SiLU: the prefill over T tokens and the one-token update on a pool.
 
 Math and conventions as `reference_conv` (W taps, weight[:, W-1] on the current token, the state the
-last W-1 inputs, oldest first). Both kernels compute in fp32 and read x through a flat view with
-row strides, so a slice of the fused input projection needs no copy.
+last W-1 inputs, oldest first). Both kernels compute in fp32 and take x with strided rows, so a slice
+of the fused input projection needs no copy.
 
-Prefill: grid (C / block_c, T / block_t, B). A CTA stages its tokens plus the W-1 before them in
-shared memory (fp32) and, per token, its sequence and that sequence's bounds (B rows, or a walk of
-cu_seqlens on the device for packed sequences, B = 1). A tap before its sequence's first token reads
-that sequence's conv_state (0 without one). Each sequence's last token writes its final state from
-the same taps, so the values are exact copies of inputs.
+Prefill: grid (C / block_c, T / block_t, B). A thread owns `vec` consecutive channels (16 bytes) and a
+run of `run` tokens: it loads the run and the W-1 tokens before it into registers as 16-byte vectors
+(every load issued before the first use), slides the W-tap window over them and stores each token's
+outputs as one 16-byte vector. Taps before a sequence's first token read that sequence's conv_state
+(0 without one): the run's first W-1 taps when it starts within W-1 tokens of a sequence start, and,
+for packed sequences only, the taps after a sequence start inside the run. A sequence's last token
+writes its final state from the window, so the values are exact copies of inputs. With cu_seqlens
+(B = 1) a thread finds the sequence of its first token by a binary search of the offsets on the device.
 
 Update: grid (C / block_c, N). Thread c reads its channel's W-1 state values and the new input,
 writes y and the shifted state (in place: each thread touches only its own channel).
@@ -20,6 +23,9 @@ import tilelang.language as T
 import torch
 
 from qla_agent.kernels.tilelang import build
+
+VECTOR_BYTES = 16
+LOG2E = 1.4426950408889634
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +39,21 @@ class ConvConfig:
     state_dtype: str  # conv_state and the final state
     has_state: bool
     varlen: bool = False  # packed sequences (B = 1) delimited by cu_seqlens
-    block_t: int = 32
-    block_c: int = 256
+    block_t: int = 64  # tokens per CTA
+    block_c: int = 256  # channels per CTA
+    run: int = 8  # tokens per thread
+
+    @property
+    def vec(self) -> int:
+        """Channels per thread: 16 bytes of x, halved until it divides C (x rows are read as vectors)."""
+        vec = VECTOR_BYTES // (4 if self.dtype == "float32" else 2)
+        while self.channels % vec:
+            vec //= 2
+        return vec
+
+    @property
+    def threads(self) -> int:
+        return (self.block_c // self.vec) * (self.block_t // self.run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,76 +71,103 @@ class ConvUpdateConfig:
 
 
 def _silu(acc):
-    return acc / (1.0 + T.exp(-acc))
+    return acc / (1.0 + T.exp2(acc * -LOG2E))
 
 
 def conv_program(cfg: ConvConfig):
-    """The prefill prim_func: grid (C / block_c, T / block_t, B), block_c threads."""
-    f32, C, W, BT, BC = "float32", cfg.channels, cfg.width, cfg.block_t, cfg.block_c
-    H = W - 1
-    nb, nt, lx, ns, ncu = (T.dynamic(name) for name in ("nb", "nt", "lx", "ns", "ncu"))
+    """The prefill prim_func: grid (C / block_c, T / block_t, B), cfg.threads threads.
 
-    def tap(x_s, seq_s, conv_state, row, pos, i, c, ch):
-        """The input at packed position pos (staged at `row`); before the sequence's first token, its
-        state (or 0). Builds an expression at trace time."""
-        bos = seq_s[1, i]
-        if cfg.has_state:
-            return T.if_then_else(pos >= bos, x_s[row, c], T.cast(conv_state[seq_s[0, i], ch, H + pos - bos], f32))
-        return T.if_then_else(pos >= bos, x_s[row, c], 0.0)
+    x is [rows, vec] (the flat input in vectors; token t of row b starts at vector b * sxb + t * sxt),
+    weight [C * W / vec, vec] (the [C, W] weight in vectors)."""
+    f32, C, W, V, L = "float32", cfg.channels, cfg.width, cfg.vec, cfg.run
+    H, G, R = W - 1, cfg.block_c // cfg.vec, cfg.block_t // cfg.run
+    assert C % V == 0 and cfg.block_c % V == 0 and cfg.block_t % L == 0 and L >= H, cfg
+    nb, nt, rows, ns, ncu = (T.dynamic(name) for name in ("nb", "nt", "rows", "ns", "ncu"))
+
+    def state_value(conv_state, seq, ch, j):
+        """Column j of seq's conv_state (0 without one), fp32. Builds an expression at trace time."""
+        return T.cast(conv_state[seq, ch, j], f32) if cfg.has_state else T.float32(0)
+
+    @T.macro
+    def find_sequence(cu_seqlens, steps, t0, bb, seq, hi, bos, eos):
+        """seq, bos, eos <- the sequence holding token t0 and its first and one-past-last tokens."""
+        if cfg.varlen:
+            seq[0] = 0
+            hi[0] = ncu - 2
+            for _ in T.serial(steps):
+                if cu_seqlens[(seq[0] + hi[0] + 1) // 2] <= t0:
+                    seq[0] = (seq[0] + hi[0] + 1) // 2
+                else:
+                    hi[0] = (seq[0] + hi[0] + 1) // 2 - 1
+            bos[0] = cu_seqlens[seq[0]]
+            eos[0] = cu_seqlens[seq[0] + 1]
+        else:
+            seq[0] = bb
+            bos[0] = 0
+            eos[0] = nt
 
     @T.prim_func
     def causal_conv(
-        x: T.Tensor((lx,), cfg.dtype),
-        weight: T.Tensor((C, W), cfg.weight_dtype),
+        x: T.Tensor((rows, V), cfg.dtype),
+        weight: T.Tensor((C * W // V, V), cfg.weight_dtype),
         conv_state: T.Tensor((ns, C, H), cfg.state_dtype),
         cu_seqlens: T.Tensor((ncu,), "int32"),
         y: T.Tensor((nb, nt, C), cfg.dtype),
         final_state: T.Tensor((ns, C, H), cfg.state_dtype),
         sxb: T.int32,
         sxt: T.int32,
+        search_steps: T.int32,
     ):
-        with T.Kernel(T.ceildiv(C, BC), T.ceildiv(nt, BT), nb, threads=BC) as (bc, bt, bb):
-            w_s = T.alloc_shared((W, BC), f32, scope="shared")
-            # Per staged token: its sequence, that sequence's first and one-past-last packed position.
-            seq_s = T.alloc_shared((3, BT), "int32", scope="shared")
-            x_s = T.alloc_shared((BT + H, BC), f32)
-            acc = T.alloc_local((1,), f32)
-            base = bt * BT - H
-            for j, c in T.Parallel(W, BC):
-                w_s[j, c] = T.if_then_else(bc * BC + c < C, T.cast(weight[bc * BC + c, j], f32), 0.0)
-            for i in T.Parallel(BT):
-                if cfg.varlen:
-                    seq_s[0, i] = 0
-                    seq_s[1, i] = 0
-                    seq_s[2, i] = 0
-                    for n in T.serial(ncu - 1):
-                        if cu_seqlens[n] <= bt * BT + i and bt * BT + i < cu_seqlens[n + 1]:
-                            seq_s[0, i] = n
-                            seq_s[1, i] = cu_seqlens[n]
-                            seq_s[2, i] = cu_seqlens[n + 1]
-                else:
-                    seq_s[0, i] = bb
-                    seq_s[1, i] = 0
-                    seq_s[2, i] = nt
-            for i, c in T.Parallel(BT + H, BC):
-                ch = bc * BC + c
-                if ch < C and base + i >= 0 and base + i < nt:
-                    x_s[i, c] = T.cast(x[bb * sxb + (base + i) * sxt + ch], f32)
-                else:
-                    x_s[i, c] = 0.0
-            for i, c in T.Parallel(BT, BC):
-                ch = bc * BC + c
-                t = bt * BT + i
-                if t < nt and ch < C:
-                    acc[0] = 0.0
-                    for j in T.unroll(W):
-                        acc[0] += w_s[j, c] * tap(x_s, seq_s, conv_state, i + j, t - H + j, i, c, ch)
-                    y[bb, t, ch] = T.cast(_silu(acc[0]), cfg.dtype)
-                    if t == seq_s[2, i] - 1:
-                        for j in T.unroll(H):
-                            final_state[seq_s[0, i], ch, j] = T.cast(
-                                tap(x_s, seq_s, conv_state, i + 1 + j, t - H + 1 + j, i, c, ch), cfg.state_dtype
+        with T.Kernel(T.ceildiv(C, cfg.block_c), T.ceildiv(nt, cfg.block_t), nb, threads=G * R) as (bc, bt, bb):
+            # Raw inputs of the run (slot m holds token t0 - H + m), the fp32 window, weights, outputs.
+            xr = T.alloc_local((L + H, V), cfg.dtype)
+            win = T.alloc_local((L + H, V), f32)
+            wr = T.alloc_local((W * V,), cfg.weight_dtype)
+            yr = T.alloc_local((V,), cfg.dtype)
+            acc = T.alloc_local((V,), f32)
+            seq, hi, bos, eos = (T.alloc_local((1,), "int32") for _ in range(4))
+            for r, g in T.Parallel(R, G):
+                vc = bc * G + g
+                t0 = bt * cfg.block_t + r * L
+                if vc * V < C and t0 < nt:
+                    for m in T.unroll(L + H):
+                        for k in T.vectorized(V):
+                            xr[m, k] = T.if_then_else(
+                                t0 - H + m >= 0 and t0 - H + m < nt, x[bb * sxb + (t0 - H + m) * sxt + vc, k], 0
                             )
+                    for q in T.unroll(W):
+                        for k in T.vectorized(V):
+                            wr[q * V + k] = weight[vc * W + q, k]
+                    find_sequence(cu_seqlens, search_steps, t0, bb, seq, hi, bos, eos)
+                    for m in T.unroll(H):
+                        for k in T.unroll(V):
+                            win[m, k] = T.if_then_else(
+                                t0 - H + m >= bos[0], T.cast(xr[m, k], f32),
+                                state_value(conv_state, seq[0], vc * V + k, t0 + m - bos[0]),
+                            )
+                    for i in T.unroll(L):
+                        for k in T.unroll(V):
+                            win[i + H, k] = T.cast(xr[i + H, k], f32)
+                        if cfg.varlen and i > 0:
+                            # A sequence starts at this token: its taps before it come from its own state.
+                            if t0 + i == eos[0] and t0 + i < nt:
+                                seq[0] = seq[0] + 1
+                                eos[0] = cu_seqlens[seq[0] + 1]
+                                for j in T.unroll(H):
+                                    for k in T.unroll(V):
+                                        win[i + j, k] = state_value(conv_state, seq[0], vc * V + k, j)
+                        for k in T.unroll(V):
+                            acc[k] = 0.0
+                            for j in T.unroll(W):
+                                acc[k] += T.cast(wr[k * W + j], f32) * win[i + j, k]
+                            yr[k] = T.cast(_silu(acc[k]), cfg.dtype)
+                        if t0 + i < nt:
+                            for k in T.vectorized(V):
+                                y[bb, t0 + i, vc * V + k] = yr[k]
+                        if t0 + i == eos[0] - 1:
+                            for k in T.unroll(V):
+                                for j in T.unroll(H):
+                                    final_state[seq[0], vc * V + k, j] = T.cast(win[i + 1 + j, k], cfg.state_dtype)
 
     return causal_conv
 
@@ -161,6 +207,20 @@ def update_program(cfg: ConvUpdateConfig):
     return conv_update
 
 
+def _vectors(x: torch.Tensor, vec: int) -> tuple[torch.Tensor, int, int]:
+    """(x as [rows, vec] vectors, batch and token strides in vectors) for x [B, T, C] with C % vec == 0.
+
+    A view when x's used strides are multiples of vec and its data is vector-aligned (the model's
+    slice of its projection); a contiguous copy otherwise.
+    """
+    flat, strides = build.flat_view(x, 1)
+    strides = [0 if size == 1 else stride for size, stride in zip(x.shape, strides)]
+    if any(s % vec for s in strides) or flat.data_ptr() % (vec * x.element_size()):
+        flat, strides = build.flat_view(x.contiguous(), 1)
+    sxb, sxt = (s // vec for s in strides)
+    return flat.view(-1, vec), sxb, sxt
+
+
 def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
@@ -182,7 +242,10 @@ def causal_conv1d(
     )
     arch, _ = build.device_facts(x.device)
     kernel = build.compiled(conv_program, cfg, arch)
-    flat, (sxb, sxt) = build.flat_view(x, 1)
+    xv, sxb, sxt = _vectors(x, cfg.vec)
+    wv = weight.contiguous()
+    if wv.data_ptr() % (cfg.vec * wv.element_size()):
+        wv = wv.clone()
     if conv_state is None:
         conv_state = build.placeholder((num_seqs, channels, width - 1), state_dtype, x.device)
     if cu_seqlens is None:
@@ -191,7 +254,9 @@ def causal_conv1d(
         cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
     y = torch.empty((batch, seqlen, channels), dtype=x.dtype, device=x.device)
     final = torch.empty((num_seqs, channels, width - 1), dtype=state_dtype, device=x.device)
-    kernel(flat, weight.contiguous(), conv_state.contiguous(), cu.contiguous(), y, final, sxb, sxt)
+    kernel(
+        xv, wv.view(-1, cfg.vec), conv_state.contiguous(), cu.contiguous(), y, final, sxb, sxt, num_seqs.bit_length()
+    )
     return y, final
 
 
