@@ -170,3 +170,73 @@ def test_dispatch_uses_tilelang() -> None:
     ref_o, _ = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], impl="reference", **_kwargs(case, x))
     out_o, _ = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], impl="tilelang", **_kwargs(case, x))
     assert rel_err(ref_o, out_o) < 2e-2
+
+
+@dataclass(frozen=True, slots=True)
+class PrepCase:
+    """A direct test of chunk_prep's outputs; lens are packed sequence lengths (varlen when several)."""
+
+    lens: tuple[int, ...]
+    hk: int
+    hv: int
+    l2norm: bool = True
+    raw_gates: bool = False
+
+    @property
+    def id(self) -> str:
+        flags = [name for name, on in (("l2", self.l2norm), ("raw", self.raw_gates)) if on]
+        return "-".join([f"lens{'_'.join(map(str, self.lens))}", f"Hk{self.hk}-Hv{self.hv}", *flags])
+
+
+PREP_CASES = [
+    PrepCase((200,), 2, 2),
+    PrepCase((1, 63, 64, 65, 300), 2, 4, raw_gates=True),
+    PrepCase((1000,), 1, 4, l2norm=False),
+    PrepCase((130, 7), 4, 8, raw_gates=True),
+]
+
+
+@pytest.mark.parametrize("design", ["grouped", "per_head"])
+@pytest.mark.parametrize("case", PREP_CASES, ids=[c.id for c in PREP_CASES])
+def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
+    """tmat, pmat and vecs of every chunk (both designs) against their fp64 definitions; spare slots untouched."""
+    from qla_agent.kernels.tilelang import build, chunk_prep
+    from tests.kernels.test_chunk_prep_algebra import prep_expected
+
+    device = torch.device("cuda")
+    gen = torch.Generator().manual_seed(len(case.id))
+    ntok, varlen = sum(case.lens), len(case.lens) > 1
+    q = torch.randn(ntok, case.hk, 128, generator=gen).to(device, torch.bfloat16)
+    k = (3 * torch.randn(ntok, case.hk, 128, generator=gen)).to(device, torch.bfloat16)
+    if not case.l2norm:
+        k = k / k.float().norm(dim=-1, keepdim=True).to(torch.bfloat16)
+    if case.raw_gates:
+        g, beta = torch.randn(ntok, case.hv, generator=gen), torch.randn(ntok, case.hv, generator=gen)
+        a_log, dt_bias = torch.randn(case.hv, generator=gen), torch.randn(case.hv, generator=gen)
+    else:
+        g, beta = -0.2 * torch.rand(ntok, case.hv, generator=gen), torch.rand(ntok, case.hv, generator=gen)
+        a_log = dt_bias = torch.zeros(case.hv)
+    g, beta, a_log, dt_bias = (x.to(device) for x in (g, beta, a_log, dt_bias))
+    cu = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    cfg = chunk_prep.PrepConfig(
+        key_heads=case.hk, value_heads=case.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
+        raw_gates=case.raw_gates, l2norm=case.l2norm, varlen=varlen, scale=128**-0.5, design=design,
+    )
+    kernel = build.compiled(chunk_prep.program, cfg, build.device_arch(device))
+    chunks = sum(-(-n // 64) for n in case.lens)
+    slots = ntok // 64 + len(case.lens) if varlen else chunks
+    tmat = torch.full((slots, case.hv, 64, 64), float("nan"), dtype=torch.bfloat16, device=device)
+    pmat = torch.full_like(tmat, float("nan"))
+    vecs = torch.full((slots, case.hv, 4, 64), float("nan"), dtype=torch.float32, device=device)
+    kernel(q, k, g, beta, a_log, dt_bias, cu, tmat, pmat, vecs, ntok)
+    torch.cuda.synchronize()
+    ref_t, ref_p, ref_v = prep_expected(
+        q.cpu(), k.cpu(), g.cpu(), beta.cpu(), scale=128**-0.5, l2norm=case.l2norm,
+        a_log=a_log.cpu() if case.raw_gates else None, dt_bias=dt_bias.cpu() if case.raw_gates else None,
+        lens=list(case.lens),
+    )
+    bounds = {"tmat": 1e-2, "pmat": 1e-2, "vecs": 1e-4}
+    for (name, bound), ref, out in zip(bounds.items(), (ref_t, ref_p, ref_v), (tmat, pmat, vecs)):
+        err = rel_err(ref, out[:chunks].cpu())
+        assert err <= bound, f"{name}: rel err {err:.2e} > {bound:.0e} ({design})"
+    assert torch.isnan(tmat[chunks:].float()).all(), "a spare chunk slot was written"

@@ -1,7 +1,6 @@
 """Chunk-parallel stage of the GDN prefill: gates, L2 norms, the UT solve and the intra-chunk scores.
 
-One CTA per (64-token chunk, value head), all chunks independent. Per chunk it writes, for the
-sequential stage (`chunk_scan`):
+All chunks are independent. Per chunk and value head it writes, for the sequential stage (`chunk_scan`):
 
     tmat [c, h, 64, 64]  T = (I + L)^-1 diag(beta), L[r, j] = beta_r exp(gamma_r - gamma_j) kn_r.kn_j (j < r)
     pmat [c, h, 64, 64]  P = scale (qn kn^T * M), M[r, j] = exp(gamma_r - gamma_j) for j <= r
@@ -12,19 +11,27 @@ with kn = rk * k, qn = rq * q (rk, rq the L2-norm factors, 1 without use_qk_l2no
 in-chunk cumsum of the log decays. Rows past the end of a sequence get g = beta = 0 and zero q, k,
 which makes them inert: their T, P and vector entries are exactly 0. The triangular inverse is
 blocked: 16x16 diagonal blocks by forward substitution on CUDA cores (D), then
-(I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower, (I + M)^-1 = I - M + M^2 - M^3,
-evaluated by Horner's rule with fp16 tensor-core GEMMs (fp32 accumulation).
+(I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower (M^4 = 0), on fp16 tensor cores
+(fp32 accumulation).
+
+Two designs (`PrepConfig.design`):
+- "grouped": one CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
+  the loads, norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
+  (I + M)^-1 = (I - M)(I + M^2), so D (I + M)^-1 = Y + Y M^2 with Y = D - D M (M^2 and D M in one phase).
+- "per_head": one CTA per (chunk, value head), (I + M)^-1 by Horner's rule (three dependent GEMMs).
 """
 
 from dataclasses import dataclass
 
-import tilelang
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
 
 CHUNK = 64
 LOG2E = 1.4426950408889634
+DESIGNS = ("grouped", "per_head")
+# CTAs per SM the grouped design asks registers for (ptxas caps them at 65536 / (128 x this)).
+GROUPED_MIN_BLOCKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +47,85 @@ class PrepConfig:
     l2norm: bool
     varlen: bool
     scale: float
+    design: str = "grouped"  # one of DESIGNS (see the module docstring)
 
 
 def program(cfg: PrepConfig):
-    """The prim_func for `cfg`: grid (chunks, value heads), 128 threads."""
+    """The prim_func for `cfg`: grid (chunks, key heads) when grouped, else (chunks, value heads); 128 threads."""
+    if cfg.design not in DESIGNS:
+        raise ValueError(f"PrepConfig.design must be one of {DESIGNS}, got {cfg.design!r}")
+    if cfg.design == "grouped":
+        return _grouped_program(cfg)
+    return _per_head_program(cfg)
+
+
+def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
+    """The prim_func shared by both designs: finds the chunk's token range, then runs `body` on it.
+
+    Grid (chunk slots, heads); a slot past the last chunk of a varlen batch exits.
+    """
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
-    group = Hv // Hk
-    scale = float(cfg.scale)
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
 
+    @T.prim_func
+    def chunk_prep(
+        q: T.Tensor((ntok, Hk, D), dt),
+        k: T.Tensor((ntok, Hk, D), dt),
+        g: T.Tensor((ntok, Hv), cfg.gate_dtype),
+        beta: T.Tensor((ntok, Hv), cfg.gate_dtype),
+        a_log: T.Tensor((Hv,), cfg.param_dtype),
+        dt_bias: T.Tensor((Hv,), cfg.param_dtype),
+        cu_seqlens: T.Tensor((ncu,), "int32"),
+        tmat: T.Tensor((nchunk, Hv, C, C), dt),
+        pmat: T.Tensor((nchunk, Hv, C, C), dt),
+        vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+        seq_len: T.int32,
+    ):
+        with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
+            T.annotate_min_blocks_per_sm(min_blocks)
+            tx = T.get_thread_binding()
+            bos = T.alloc_var("int32")
+            eos = T.alloc_var("int32")
+            found = T.alloc_var("int32")
+            bos = 0
+            eos = 0
+            found = 0
+            if cfg.varlen:
+                # Walk the sequences to find the one holding flat chunk bc (no host-side index).
+                done = T.alloc_var("int32")
+                done = 0
+                for i in T.serial(ncu - 1):
+                    s0 = cu_seqlens[i]
+                    s1 = cu_seqlens[i + 1]
+                    n = T.ceildiv(s1 - s0, C)
+                    if found == 0 and bc < done + n:
+                        found = 1
+                        bos = s0 + (bc - done) * C
+                        eos = s1
+                    done = done + n
+            else:
+                per_seq = T.ceildiv(seq_len, C)
+                found = 1
+                bos = (bc // per_seq) * seq_len + (bc % per_seq) * C
+                eos = (bc // per_seq) * seq_len + seq_len
+            if found == 1:
+                body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx)
+
+    return chunk_prep
+
+
+def _per_head_program(cfg: PrepConfig):
+    """One CTA per (chunk, value head); (I + M)^-1 = I - M (I - M (I - M)) by Horner's rule."""
+    dt, f32 = cfg.dtype, "float32"
+    Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
+    group = Hv // Hk
+    scale = float(cfg.scale)
+
     @T.macro
-    def _chunk_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx):
+    def per_head_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx):
         hk = bh // group
         k_s = T.alloc_shared((C, D), dt)
         q_s = T.alloc_shared((C, D), dt)
@@ -157,49 +229,166 @@ def program(cfg: PrepConfig):
             vecs[bc, bh, 2, r] = T.if_then_else(valid, T.exp2((gam_s[C - 1] - gam_s[r]) * LOG2E) * rk_s[r], 0.0)
             vecs[bc, bh, 3, r] = T.exp2(gam_s[C - 1] * LOG2E)
 
-    @T.prim_func
-    def chunk_prep(
-        q: T.Tensor((ntok, Hk, D), dt),
-        k: T.Tensor((ntok, Hk, D), dt),
-        g: T.Tensor((ntok, Hv), cfg.gate_dtype),
-        beta: T.Tensor((ntok, Hv), cfg.gate_dtype),
-        a_log: T.Tensor((Hv,), cfg.param_dtype),
-        dt_bias: T.Tensor((Hv,), cfg.param_dtype),
-        cu_seqlens: T.Tensor((ncu,), "int32"),
-        tmat: T.Tensor((nchunk, Hv, C, C), dt),
-        pmat: T.Tensor((nchunk, Hv, C, C), dt),
-        vecs: T.Tensor((nchunk, Hv, 4, C), f32),
-        seq_len: T.int32,
-    ):
-        with T.Kernel(nchunk, Hv, threads=128) as (bc, bh):
-            tx = T.get_thread_binding()
-            bos = T.alloc_var("int32")
-            eos = T.alloc_var("int32")
-            pos = T.alloc_var("int32")
-            found = T.alloc_var("int32")
-            bos = 0
-            eos = 0
-            pos = 0
-            found = 0
-            if cfg.varlen:
-                # Walk the sequences to find the one holding flat chunk bc (no host-side index).
-                done = T.alloc_var("int32")
-                done = 0
-                for i in T.serial(ncu - 1):
-                    s0 = cu_seqlens[i]
-                    s1 = cu_seqlens[i + 1]
-                    n = T.ceildiv(s1 - s0, C)
-                    if found == 0 and bc < done + n:
-                        found = 1
-                        bos = s0 + (bc - done) * C
-                        eos = s1
-                    done = done + n
-            else:
-                per_seq = T.ceildiv(seq_len, C)
-                found = 1
-                bos = (bc // per_seq) * seq_len + (bc % per_seq) * C
-                eos = (bc // per_seq) * seq_len + seq_len
-            if found == 1:
-                _chunk_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx)
+    return _kernel(cfg, Hv, per_head_body, 1)
 
-    return chunk_prep
+
+def _grouped_program(cfg: PrepConfig):
+    """One CTA per (chunk, key head) computes every value head of the group (see `program`)."""
+    dt, f32, f16 = cfg.dtype, "float32", "float16"
+    Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
+    G = Hv // Hk
+    scale = float(cfg.scale)
+    # Gate rows per thread (G x 64 gates over 128 threads) and q/k rows per thread (16 lanes a row).
+    gate_steps = -(-G * C // 128)
+    row_steps = C // 8
+
+    @T.macro
+    def load_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx, k_s, q_s, g_s, b_s, rk_s, rq_s):
+        """Every global load first (q, k, gates and their parameters), then gates and L2 norms from registers."""
+        xk = T.alloc_local((row_steps, 8), dt)
+        xq = T.alloc_local((row_steps, 8), dt)
+        xg = T.alloc_local((gate_steps,), f32)
+        xb = T.alloc_local((gate_steps,), f32)
+        xdt = T.alloc_local((gate_steps,), f32)
+        xa = T.alloc_local((gate_steps,), f32)
+        ssk = T.alloc_local((1,), f32)
+        ssq = T.alloc_local((1,), f32)
+        c0 = (tx % 16) * 8
+        for i in T.unroll(row_steps):
+            valid = bos + i * 8 + tx // 16 < eos
+            for j in T.vectorized(8):
+                xk[i, j] = T.if_then_else(valid, k[bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
+            for j in T.vectorized(8):
+                xq[i, j] = T.if_then_else(valid, q[bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
+        for t in T.unroll(gate_steps):
+            e = t * 128 + tx
+            valid = T.if_then_else(e < G * C, bos + e % C < eos, False)
+            xg[t] = T.if_then_else(valid, T.cast(g[bos + e % C, hk * G + e // C], f32), 0.0)
+            xb[t] = T.if_then_else(valid, T.cast(beta[bos + e % C, hk * G + e // C], f32), 0.0)
+            if cfg.raw_gates:
+                xdt[t] = T.if_then_else(e < G * C, T.cast(dt_bias[hk * G + e // C], f32), 0.0)
+                xa[t] = T.if_then_else(e < G * C, T.cast(a_log[hk * G + e // C], f32), 0.0)
+        for t in T.unroll(gate_steps):
+            e = t * 128 + tx
+            if e < G * C:
+                valid = bos + e % C < eos
+                if cfg.raw_gates:
+                    x = xg[t] + xdt[t]
+                    softplus = T.if_then_else(x > 20.0, x, T.log(1.0 + T.exp(x)))
+                    gate = -T.exp(xa[t]) * softplus
+                    g_s[e // C, e % C] = T.if_then_else(valid, gate, 0.0)
+                    b_s[e // C, e % C] = T.if_then_else(valid, T.sigmoid(xb[t]), 0.0)
+                else:
+                    g_s[e // C, e % C] = xg[t]
+                    b_s[e // C, e % C] = xb[t]
+        for i in T.unroll(row_steps):
+            for j in T.vectorized(8):
+                k_s[i * 8 + tx // 16, c0 + j] = xk[i, j]
+            for j in T.vectorized(8):
+                q_s[i * 8 + tx // 16, c0 + j] = xq[i, j]
+            if cfg.l2norm:
+                ssk[0] = 0.0
+                ssq[0] = 0.0
+                for j in T.unroll(8):
+                    ssk[0] = ssk[0] + T.cast(xk[i, j], f32) * T.cast(xk[i, j], f32)
+                    ssq[0] = ssq[0] + T.cast(xq[i, j], f32) * T.cast(xq[i, j], f32)
+                # The 16 lanes holding one row reduce by xor shuffles (offsets < 16 stay in the group).
+                for s in T.unroll(4):
+                    ssk[0] = ssk[0] + T.shfl_xor(ssk[0], 8 >> s)
+                    ssq[0] = ssq[0] + T.shfl_xor(ssq[0], 8 >> s)
+                if tx % 16 == 0:
+                    rk_s[i * 8 + tx // 16] = T.rsqrt(ssk[0] + 1e-6)
+                    rq_s[i * 8 + tx // 16] = T.rsqrt(ssq[0] + 1e-6)
+            elif tx % 16 == 0:
+                rk_s[i * 8 + tx // 16] = 1.0
+                rq_s[i * 8 + tx // 16] = 1.0
+
+    @T.macro
+    def scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk):
+        """P of every value head from one QK^T (the gates differ, the scores do not), stored from registers."""
+        for v in T.serial(G):
+            for r, c in T.Parallel(C, C):
+                decay = T.exp2(T.min(gam_s[v, r] - gam_s[v, c], 0.0) * LOG2E)
+                pval = scale * qk[r, c] * rq_s[r] * rk_s[c] * decay
+                pmat[bc, hk * G + v, r, c] = T.cast(T.if_then_else(c <= r, pval, 0.0), dt)
+
+    @T.macro
+    def inverse(kk_src, gam_s, b_s, rk_s, v, tx, blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs, tmat, bc, h):
+        """tmat[bc, h] = T = (I + L)^-1 diag(beta) of value head h (the group's v-th), stored from registers."""
+        for r, c in T.Parallel(C, C):
+            decay = T.exp2(T.min(gam_s[v, r] - gam_s[v, c], 0.0) * LOG2E)
+            lval = T.if_then_else(c < r, b_s[v, r] * kk_src[r, c] * rk_s[r] * rk_s[c] * decay, 0.0)
+            lo_s[r, c] = T.cast(T.if_then_else(r // 16 > c // 16, lval, 0.0), f16)
+            d_s[r, c] = T.cast(0, f16)
+            if r // 16 == c // 16:
+                blocks_s[r // 16, r % 16, c % 16] = lval
+        # D: the four 16x16 unit-lower diagonal blocks inverted, one column per thread.
+        if tx < C:
+            for i in T.unroll(16):
+                xs[i] = T.if_then_else(i == tx % 16, 1.0, 0.0)
+                for j in T.unroll(16):
+                    if j < i:
+                        xs[i] = xs[i] - blocks_s[tx // 16, i, j] * xs[j]
+            for i in T.unroll(16):
+                d_s[tx // 16 * 16 + i, tx // 16 * 16 + tx % 16] = T.cast(xs[i], f16)
+        # M = L_off D (M^4 = 0); (I + L)^-1 = D (I - M)(I + M^2) = Y + Y M^2 with Y = D (I - M).
+        # Each write phase reads only fragments: one barrier after each GEMM, none inside.
+        # m_s holds M, then M^2; z_s holds I - M, then Y (four buffers keep four CTAs on an SM).
+        T.gemm(lo_s, d_s, acc, clear_accum=True)
+        for r, c in T.Parallel(C, C):
+            m_s[r, c] = T.cast(acc[r, c], f16)
+            z_s[r, c] = T.cast(T.if_then_else(r == c, 1.0, 0.0) - acc[r, c], f16)
+        T.gemm(m_s, m_s, acc, clear_accum=True)
+        T.gemm(d_s, z_s, acc2, clear_accum=True)
+        for r, c in T.Parallel(C, C):
+            m_s[r, c] = T.cast(acc[r, c], f16)
+            z_s[r, c] = T.cast(acc2[r, c], f16)
+        T.gemm(z_s, m_s, acc2)
+        for r, c in T.Parallel(C, C):
+            tmat[bc, h, r, c] = T.cast(acc2[r, c] * b_s[v, c], dt)
+
+    @T.macro
+    def grouped_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
+        k_s = T.alloc_shared((C, D), dt)
+        q_s = T.alloc_shared((C, D), dt)
+        g_s = T.alloc_shared((G, C), f32)
+        b_s = T.alloc_shared((G, C), f32)
+        gam_s = T.alloc_shared((G, C), f32)
+        rk_s = T.alloc_shared((C,), f32)
+        rq_s = T.alloc_shared((C,), f32)
+        # Diagonal 16x16 blocks of L, rows padded to 17 so the two blocks a warp reads use different banks.
+        blocks_s = T.alloc_shared((4, 16, 17), f32)
+        lo_s = T.alloc_shared((C, C), f16)
+        d_s = T.alloc_shared((C, C), f16)
+        m_s = T.alloc_shared((C, C), f16)
+        z_s = T.alloc_shared((C, C), f16)
+        qk = T.alloc_fragment((C, C), f32)
+        kk = T.alloc_fragment((C, C), f32)
+        acc = T.alloc_fragment((C, C), f32)
+        acc2 = T.alloc_fragment((C, C), f32)
+        xs = T.alloc_local((16,), f32)
+
+        load_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx, k_s, q_s, g_s, b_s, rk_s, rq_s)
+        T.cumsum(src=g_s, dst=gam_s, dim=1)
+        T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
+        scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk)
+        T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
+        inner = (blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs, tmat, bc)
+        if G == 1:
+            inverse(kk, gam_s, b_s, rk_s, 0, tx, *inner, hk)
+        else:
+            # K K^T waits in shared memory while the group's value heads take turns with the registers.
+            kk_s = T.alloc_shared((C, C), f32)
+            T.copy(kk, kk_s)
+            for v in T.serial(G):
+                inverse(kk_s, gam_s, b_s, rk_s, v, tx, *inner, hk * G + v)
+        for v, r in T.Parallel(G, C):
+            valid = bos + r < eos
+            e = T.exp2(gam_s[v, r] * LOG2E)
+            vecs[bc, hk * G + v, 0, r] = T.if_then_else(valid, e * rk_s[r], 0.0)
+            vecs[bc, hk * G + v, 1, r] = T.if_then_else(valid, scale * e * rq_s[r], 0.0)
+            d_decay = T.exp2((gam_s[v, C - 1] - gam_s[v, r]) * LOG2E)
+            vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
+            vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
+
+    return _kernel(cfg, Hk, grouped_body, GROUPED_MIN_BLOCKS)
