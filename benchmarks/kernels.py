@@ -1,12 +1,13 @@
 """Time the GDN prefill (ours vs FLA Triton vs FlashQLA), the conv and the decode step, in one run on one GPU.
 
-    source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,conv,decode] [--shapes NAME ...]
+    source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,append,conv,decode] [--shapes NAME ...]
         [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--json PATH]
 
 --shapes filters every section by substring ("decode", "conv update", "1x16384"). The decode section
 (benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in CUDA graphs
 (--decode-variants adds every block_v); the conv section (benchmarks/kernels_conv.py) times ours vs the
-torch reference vs FLA's Triton conv.
+torch reference vs FLA's Triton conv. The append section (short prefills after a history, the
+runtime's exact layer call) separates host from device time: see `time_append`.
 
 Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
 q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
@@ -54,10 +55,6 @@ SHAPES = [
     BenchShape("8x2048 16/16 +h0", (2048,) * 8, 16, 16, True),
     BenchShape("8x2048 16/32 +h0", (2048,) * 8, 16, 32, True),
     BenchShape("1x1024 16/16 +h0", (1024,), 16, 16, True),
-    BenchShape("append 16 16/16 +h0", (16,), 16, 16, True),
-    BenchShape("append 64 16/16 +h0", (64,), 16, 16, True),
-    BenchShape("append 256 16/16 +h0", (256,), 16, 16, True),
-    BenchShape("append 1024 16/32 +h0", (1024,), 16, 32, True),
 ]
 
 
@@ -95,7 +92,7 @@ def input_sets(shape: BenchShape, device: torch.device) -> list[dict]:
     return [make_inputs(shape, device, seed) for seed in range(count)]
 
 
-VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0", "append 256 16/16 +h0")
+VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
 # Named variants of our kernels (gdn_prefill keyword arguments), timed on VARIANT_SHAPES.
 VARIANTS = {
     "v1": dict(scan_overrides=dict(threads=128, split_k=False)),
@@ -138,6 +135,135 @@ def runners(impls: list[str]) -> dict:
             use_qk_l2norm_in_kernel=True,
         )
     return out
+
+@dataclass(frozen=True, slots=True)
+class AppendShape:
+    """One sequence appending `tokens` tokens to its recurrent state (16 key heads)."""
+
+    tokens: int
+    value_heads: int
+
+    @property
+    def name(self) -> str:
+        return f"append {self.tokens} 16/{self.value_heads} +h0"
+
+
+APPEND_SHAPES = [AppendShape(t, hv) for hv in (16, 32) for t in (16, 64, 256, 1024)]
+# Issue 7: an append of T <= 256 tokens must take at most this long per call, eagerly.
+APPEND_TARGET_US = 30.0
+EAGER_CALLS = 200
+
+
+def append_input_sets(shape: AppendShape, device: torch.device) -> list[dict]:
+    """Input sets of the runtime's layer call (qla_agent/runtime/layers/gdn.py): q/k/v column slices
+    of the conv output, raw bf16 gates a/b sliced from the fused projection, fp32 A_log/dt_bias and
+    state; as many sets as stream ~256 MB (at most 64), so eager calls rotating through them miss L2
+    (graph replays clear L2 first: kernels_decode.graph_us)."""
+    hk, hv, total = 16, shape.value_heads, shape.tokens
+    conv_dim = (2 * hk + hv) * 128
+    per_set = total * (conv_dim + conv_dim + hv * 128) * 2 + hv * 65536
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def make() -> dict:
+        u = torch.randn(total, conv_dim, generator=gen, device=device).bfloat16()
+        proj = torch.randn(total, conv_dim + hv * 128 + 2 * hv, generator=gen, device=device).bfloat16()
+        q, k, v = u.split([hk * 128, hk * 128, hv * 128], dim=-1)
+        return {
+            "q": q.unflatten(-1, (hk, 128))[None], "k": k.unflatten(-1, (hk, 128))[None],
+            "v": v.unflatten(-1, (hv, 128))[None], "a": proj[None, :, -hv:], "b": proj[None, :, -2 * hv : -hv],
+            "A_log": torch.rand(hv, generator=gen, device=device) * 2, "dt_bias": torch.randn(hv, generator=gen, device=device),
+            "initial_state": torch.randn(1, hv, 128, 128, generator=gen, device=device) * 0.05,
+        }
+
+    return [make() for _ in range(max(1, min(64, math.ceil(ROTATE_BYTES / per_set))))]
+
+
+def append_runners(sets: list[dict], impls: list[str]) -> dict:
+    """name -> fn(i) running call i on set i % len(sets). "ours" is the layer's public call; "ours
+    compact" the launcher on compact copies (no copy kernels); "prep" its first kernel alone; FLA and
+    FlashQLA get compact q/k/v and the gates precomputed, as in the prefill section."""
+    from qla_agent import kernels
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill as launcher
+
+    compact = [{n: t.contiguous() for n, t in x.items()} for x in sets]
+    for c in compact:
+        c["g"], c["beta"] = kernels.gdn_gates(c["A_log"], c["dt_bias"], c["a"], c["b"])
+        c["cu_seqlens"] = None
+
+    def ours(i: int):
+        x = sets[i % len(sets)]
+        return kernels.gdn_prefill(
+            x["q"], x["k"], x["v"], x["a"], x["b"], scale=128**-0.5, initial_state=x["initial_state"],
+            output_final_state=True, use_qk_l2norm=True, A_log=x["A_log"], dt_bias=x["dt_bias"], impl="tilelang",
+        )
+
+    def compact_launch(i: int, prep_only: bool = False):
+        x = compact[i % len(compact)]
+        return launcher(
+            x["q"], x["k"], x["v"], x["a"], x["b"], initial_state=x["initial_state"], use_qk_l2norm=True,
+            A_log=x["A_log"], dt_bias=x["dt_bias"], prep_only=prep_only,
+        )
+
+    out = {"ours": ours, "ours_compact": compact_launch, "ours_prep": lambda i: compact_launch(i, prep_only=True)}
+    for name, fn in runners(impls).items():
+        if name != "ours":
+            out[name] = lambda i, fn=fn: fn(compact[i % len(compact)])
+    return out
+
+
+def eager_append_us(fn, calls: int = EAGER_CALLS) -> float:
+    """Microseconds per call of `calls` back-to-back eager calls (wall clock, one sync at the end):
+    host and device overlap, so this is max(host, device) per call, the median of 5 rounds."""
+    import statistics
+    import time
+
+    for i in range(calls):
+        fn(i)
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(calls):
+            fn(i)
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) / calls)
+    return 1e6 * statistics.median(rounds)
+
+
+def time_append(shape: AppendShape, impls: list[str]) -> dict:
+    """Eager and graph microseconds per call for each runner, and our deviation from FLA."""
+    from benchmarks.kernels_decode import graph_us
+
+    sets = append_input_sets(shape, torch.device("cuda"))
+    fns = append_runners(sets, impls)
+    row: dict = {"shape": shape.name, "sets": len(sets)}
+    if "fla" in fns:
+        ref, mine = fns["fla"](0)[0].float(), fns["ours"](0)[0].float()
+        row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+    for name, fn in fns.items():
+        if name not in ("ours_compact", "ours_prep"):
+            row[f"{name}_eager_us"] = eager_append_us(fn)
+        row[f"{name}_graph_us"] = graph_us(fn)
+    return row
+
+
+def format_append_table(rows: list[dict], card: str) -> str:
+    """Markdown table: eager (host and device overlapped) and graph (device) microseconds per call."""
+    def cell(value: float | None, fmt: str = ".1f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        f"card: {card} (appends, microseconds per call; target ours eager <= {APPEND_TARGET_US:.0f} at T <= 256)",
+        "| shape | ours eager | ours graph | compact graph | prep graph | FLA eager | FLA graph | FQ eager "
+        "| FQ graph | dev vs FLA |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        names = ("ours_eager_us", "ours_graph_us", "ours_compact_graph_us", "ours_prep_graph_us", "fla_eager_us",
+                 "fla_graph_us", "flashqla_eager_us", "flashqla_graph_us")
+        cells = " | ".join(cell(r.get(n)) for n in names)
+        lines.append(f"| {r['shape']} | {cells} | {cell(r.get('ours_vs_fla'), '.1e')} |")
+    return "\n".join(lines)
 
 
 def roofline_ms(shape: BenchShape) -> float:
@@ -216,12 +342,14 @@ def run_prefill(args: argparse.Namespace, results: dict) -> list[dict]:
 
 
 def run_section(args: argparse.Namespace, results: dict, op: str) -> list[dict]:
-    """Decode or conv rows for the selected shapes, recorded as they are measured."""
+    """Append, decode or conv rows for the selected shapes, recorded as they are measured."""
     from benchmarks.kernels_conv import CONV_SHAPES, time_conv
     from benchmarks.kernels_decode import DECODE_SHAPES, time_decode
 
     with_fla = "fla" in args.impls
-    if op == "decode":
+    if op == "append":
+        shapes, measure = APPEND_SHAPES, lambda s: time_append(s, args.impls.split(","))
+    elif op == "decode":
         shapes, measure = DECODE_SHAPES, lambda s: time_decode(s, with_fla=with_fla, variants=args.decode_variants)
     else:
         shapes, measure = CONV_SHAPES, lambda s: time_conv(s, with_fla=with_fla)
@@ -239,7 +367,9 @@ def run_section(args: argparse.Namespace, results: dict, op: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default="prefill,decode,conv", help="comma-separated: prefill, decode, conv")
+    parser.add_argument(
+        "--ops", default="prefill,append,decode,conv", help="comma-separated: prefill, append, decode, conv"
+    )
     parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
     parser.add_argument("--impls", default="ours,fla,flashqla", help="comma-separated: ours, fla, flashqla")
     parser.add_argument("--json", help="write the rows here too")
@@ -251,13 +381,17 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     if "prefill" in ops:
         run_prefill(args, results)
-    for op in ("conv", "decode"):
+    for op in ("append", "conv", "decode"):
         if op in ops:
             run_section(args, results, op)
     from benchmarks.kernels_conv import format_conv_table
     from benchmarks.kernels_decode import format_decode_table
 
-    for op, fmt in (("prefill", format_table), ("conv", format_conv_table), ("decode", format_decode_table)):
+    tables = (
+        ("prefill", format_table), ("append", format_append_table), ("conv", format_conv_table),
+        ("decode", format_decode_table),
+    )
+    for op, fmt in tables:
         if results.get(op):
             print(fmt(results[op], card))
 

@@ -63,6 +63,13 @@ BAD_CALLS = [
     _bad(lambda: gdn_prefill(**{n: _both(x) for n, x in P().items()}, cu_seqlens=torch.tensor([0, 10])),
          r"batch size B must be 1", "cu_with_B2"),
     _bad(lambda: gdn_prefill(**P(), A_log=torch.zeros(HV)), r"A_log and dt_bias", "A_log_alone"),
+    _bad(lambda: gdn_prefill(**P(), dt_bias=torch.zeros(HV)), r"A_log and dt_bias", "dt_bias_alone"),
+    _bad(lambda: gdn_prefill(**P(), A_log=torch.zeros(HV, dtype=torch.int64), dt_bias=torch.zeros(HV)),
+         r"A_log must be a floating", "int_A_log"),
+    _bad(lambda: gdn_prefill(**P(initial_state=torch.zeros(B, HV, K, V, device="meta"))),
+         r"initial_state is on meta but the inputs are on cpu", "initial_state_device"),
+    _bad(lambda: gdn_prefill(**P(q=torch.randn(B, T, 0, K), k=torch.randn(B, T, 0, K))),
+         r"Hv a multiple of Hk=0", "Hk_zero"),
     _bad(lambda: gdn_prefill(**P(), A_log=torch.zeros(HV), dt_bias=torch.zeros(HK)),
          r"dt_bias must have shape \[Hv\] = \[4\]", "dt_bias_shape"),
     _bad(lambda: gdn_prefill(**P(v=torch.zeros(B, T, HV, V, dtype=torch.int64))), r"v must be a floating", "int_v"),
@@ -89,6 +96,18 @@ BAD_CALLS = [
 def test_bad_inputs_raise_value_error(call: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_prefill_checks_return_the_sizes() -> None:
+    """Dense calls take the one-pass check, packed ones the step-by-step checks: same sizes."""
+    from qla_agent.kernels import checks
+
+    x = _prefill(initial_state=torch.zeros(B, HV, K, V), A_log=torch.zeros(HV), dt_bias=torch.zeros(HV))
+    dense = checks.check_gdn_prefill(**x, cu_seqlens=None)
+    x["initial_state"] = torch.zeros(2, HV, K, V)
+    packed = checks.check_gdn_prefill(**x, cu_seqlens=torch.tensor([0, 4, 10]))
+    assert dense == checks.GdnDims(B, T, HK, HV, K, V, num_seqs=1)
+    assert packed == checks.GdnDims(B, T, HK, HV, K, V, num_seqs=2)
 
 
 def test_impl_argument_and_environment(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

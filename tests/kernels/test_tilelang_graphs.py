@@ -31,6 +31,16 @@ def _capture(fn: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
     return graph, result
 
 
+def _replay_on(graph: torch.cuda.CUDAGraph, static: dict, fresh: dict, *outputs: torch.Tensor) -> None:
+    """Copy fresh values into the captured buffers, NaN the outputs (unwritten elements fail), replay."""
+    for name, tensor in static.items():
+        tensor.copy_(fresh[name])
+    for out in outputs:
+        out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+
+
 def _prefill_inputs(lens: tuple[int, ...], seed: int) -> dict[str, torch.Tensor]:
     shape = GdnShape(B=1, T=sum(lens), Hk=2, Hv=4, K=128, V=128)
     x = gdn_inputs(shape, seed=seed, num_states=len(lens))
@@ -52,17 +62,49 @@ def test_varlen_prefill_replays_in_cuda_graph() -> None:
     graph, (o, ht) = _capture(call)
     # Same total and count, other lengths: the kernels must read the new offsets on the device.
     fresh = _prefill_inputs((200, 5, 129, 1, 158), seed=2)
-    for name, tensor in static.items():
-        tensor.copy_(fresh[name])
-    o.fill_(float("nan"))
-    ht.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    _replay_on(graph, static, fresh, o, ht)
     ref = {n: t.double() if t.is_floating_point() else t for n, t in fresh.items()}
     ref_o, ref_ht = reference.gdn_prefill(
         *(ref[n] for n in names), initial_state=ref["initial_state"], cu_seqlens=fresh["cu_seqlens"],
         use_qk_l2norm=True,
     )
+    assert rel_err(ref_o, o) < 1e-2
+    assert rel_err(ref_ht, ht) < 1e-2
+
+
+def _layer_buffers(tokens: int, hk: int, hv: int, seed: int) -> dict[str, torch.Tensor]:
+    """The GDN layer's fused buffers: conv output u [T, (2Hk+Hv)*128], projection rows ending in b, a; state."""
+    gen = torch.Generator().manual_seed(seed)
+    conv_dim = (2 * hk + hv) * 128
+    return {
+        "u": torch.randn(tokens, conv_dim, generator=gen).to("cuda", torch.bfloat16),
+        "proj": torch.randn(tokens, conv_dim + hv * 128 + 2 * hv, generator=gen).to("cuda", torch.bfloat16),
+        "state": (torch.randn(hv, 128, 128, generator=gen) / 12).to("cuda"),
+        "A_log": torch.rand(hv, generator=gen).to("cuda"),
+        "dt_bias": torch.randn(hv, generator=gen).to("cuda"),
+    }
+
+
+def _layer_append(x: dict[str, torch.Tensor], hk: int, hv: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefill call of qla_agent/runtime/layers/gdn.py: strided q/k/v and raw gates, state in and out."""
+    q, k, v = x["u"].split([hk * 128, hk * 128, hv * 128], dim=-1)
+    return kernels.gdn_prefill(
+        q.unflatten(-1, (hk, 128))[None], k.unflatten(-1, (hk, 128))[None], v.unflatten(-1, (hv, 128))[None],
+        x["proj"][None, :, -hv:], x["proj"][None, :, -2 * hv : -hv], scale=128**-0.5,
+        initial_state=x["state"][None], output_final_state=True, use_qk_l2norm=True, A_log=x["A_log"],
+        dt_bias=x["dt_bias"], impl=impl,
+    )
+
+
+@pytest.mark.parametrize("tokens", [16, 100])
+def test_layer_append_replays_in_cuda_graph(tokens: int) -> None:
+    """The runtime layer's append (issue 7's call) captures; a replay reads the buffers' new values."""
+    hk = hv = 16
+    static = _layer_buffers(tokens, hk, hv, seed=7)
+    graph, (o, ht) = _capture(lambda: _layer_append(static, hk, hv, "tilelang"))
+    fresh = _layer_buffers(tokens, hk, hv, seed=8)
+    _replay_on(graph, static, fresh, o, ht)
+    ref_o, ref_ht = _layer_append({n: t.double() for n, t in fresh.items()}, hk, hv, "reference")
     assert rel_err(ref_o, o) < 1e-2
     assert rel_err(ref_ht, ht) < 1e-2
 

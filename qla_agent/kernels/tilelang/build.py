@@ -16,6 +16,8 @@ from typing import Any
 
 import tilelang
 import torch
+from tilelang import tvm
+from tilelang.jit.adapter import TVMFFIKernelAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,10 @@ PORTABLE_PASS_CONFIGS = {
 }
 
 
+@functools.cache
 def device_arch(device: torch.device) -> str | None:
-    """The TileLang arch string for a CUDA device ("sm_80" ... "sm_90a"), or None when unsupported."""
+    """The TileLang arch string for a CUDA device ("sm_80" ... "sm_90a"), or None when unsupported; cached
+    (`supports` asks on every call, and torch.cuda.get_device_capability costs microseconds)."""
     major, minor = torch.cuda.get_device_capability(device)
     if major == 9 and minor == 0:
         return "sm_90a"
@@ -95,6 +99,25 @@ def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> An
 def compiled(program: Callable[[Any], Any], config: Any, arch: str) -> Any:
     """The compiled kernel for (program, config, arch); compiled on first use, then cached."""
     return compile_program(program, config, arch)
+
+
+def entry(kernel: Any) -> Callable[..., Any]:
+    """The compiled kernel's FFI entry function, to call with all its arguments (torch tensors, ints).
+
+    Calling a JITKernel goes through TileLang's tvm_ffi adapter, which per call re-checks the argument
+    count, walks the parameters looking for outputs to allocate and finds the device, all in Python
+    (~3 us on the CPU machine), before it calls this same function. Our kernels allocate no outputs
+    (every buffer is passed), so the entry is called directly; it still checks every argument's
+    dtype, shape, strides and device in C, and takes the stream from torch (CUDA graphs capture it).
+    Anything else (another backend, kernels with outputs, test stand-ins) is returned as it is.
+    """
+    adapter = getattr(kernel, "adapter", None)
+    if not isinstance(adapter, TVMFFIKernelAdapter) or adapter.result_idx:
+        return kernel
+    module = adapter.get_exportable_executable()
+    if isinstance(module, tvm.runtime.Executable):
+        module = module.jit()
+    return module.main
 
 
 # Shared memory one block may use, per arch (bytes): the opt-in maximum of each family.

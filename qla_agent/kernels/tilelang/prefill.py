@@ -6,6 +6,8 @@ and every buffer size follows from tensor shapes alone, so a call can be capture
 
 import dataclasses
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -56,25 +58,49 @@ def prefill_configs(
     return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
 
-def _flat_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-    cu_seqlens: torch.Tensor | None, A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
-) -> tuple[torch.Tensor, ...]:
-    """Token-major contiguous views [B*T, H, D] / [B*T, H], int32 offsets, gate parameters (or placeholders)."""
-    batch, seqlen, hk, dim = q.shape
-    hv, ntok, device = v.shape[2], batch * seqlen, q.device
-    q2, k2 = q.reshape(ntok, hk, dim).contiguous(), k.reshape(ntok, hk, dim).contiguous()
-    v2 = v.reshape(ntok, hv, dim).contiguous()
-    g2, b2 = g.reshape(ntok, hv).contiguous(), beta.reshape(ntok, hv).contiguous()
-    if cu_seqlens is None:
-        cu = build.placeholder((2,), torch.int32, device)
-    else:
-        cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
-    if A_log is None:
-        a_log = dtb = build.placeholder((hv,), torch.float32, device)
-    else:
-        a_log, dtb = A_log.contiguous(), dt_bias.to(A_log.dtype).contiguous()
-    return q2, k2, v2, g2, b2, cu, a_log, dtb
+@dataclass(frozen=True, slots=True)
+class LaunchPlan:
+    """What every call with one signature shares: the two kernels' FFI entries and the stand-ins for
+    arguments the specialisation never reads (no offsets, no gate parameters, no state)."""
+
+    prep: Callable[..., object]
+    scan: Callable[..., object]
+    no_offsets: torch.Tensor
+    no_params: torch.Tensor
+    no_state: torch.Tensor
+
+
+# Call signature -> plan; a handful of entries per process (one per layer shape). The signature
+# is the argument tuple of _make_plan, led by the compile function, so kernels a test swaps in
+# (tests/kernels/conftest.py) never meet a plan built with others.
+_plans: dict[tuple, LaunchPlan] = {}
+
+
+def _make_plan(
+    compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
+    gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
+    has_h0: bool, store_ht: bool, num_seqs: int, block_v: int | None, overrides: tuple,
+) -> LaunchPlan:
+    """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
+    arch, sm_count = build.device_facts(device)
+    prep_cfg, scan_cfg = prefill_configs(
+        key_heads=hk, value_heads=hv, dtype=dtype, gate_dtype=gate_dtype,
+        param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
+        raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
+        num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
+    )
+    return LaunchPlan(
+        prep=build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
+        scan=build.entry(compiler(chunk_scan.program, scan_cfg, arch)),
+        no_offsets=build.placeholder((2,), torch.int32, device),
+        no_params=build.placeholder((hv,), torch.float32, device),
+        no_state=build.placeholder((1, hv, dim, dim), torch.float32, device),
+    )
+
+
+def _compact(x: torch.Tensor, *shape: int) -> torch.Tensor:
+    """x as a contiguous tensor of `shape` (a view when x is contiguous, else one copy)."""
+    return x.contiguous().view(shape)
 
 
 def gdn_prefill(
@@ -91,43 +117,60 @@ def gdn_prefill(
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
     (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
     override the scan tile config, prep_only stops after the first launch (for timing it).
+    Per call this runs two kernels, makes five allocations and views the inputs (strided inputs are
+    copied); everything else is looked up by the call's signature.
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
     device = q.device
     ntok = batch * seqlen
-    varlen = cu_seqlens is not None
-    num_seqs = cu_seqlens.shape[0] - 1 if varlen else batch
-    # Upper bound on the chunk count that needs no look at the lengths: each sequence adds < 1 chunk.
-    num_chunks = ntok // CHUNK + num_seqs if varlen else batch * -(-seqlen // CHUNK)
-    raw_gates = A_log is not None
-    param_dtype = A_log.dtype if raw_gates else torch.float32
-    arch, sm_count = build.device_facts(device)
-    prep_cfg, scan_cfg = prefill_configs(
-        key_heads=hk, value_heads=hv, dtype=q.dtype, gate_dtype=g.dtype, param_dtype=param_dtype,
-        scale=dim**-0.5 if scale is None else scale, raw_gates=raw_gates, l2norm=use_qk_l2norm, varlen=varlen,
-        has_h0=initial_state is not None, store_ht=output_final_state, num_seqs=num_seqs, arch=arch,
-        sm_count=sm_count, block_v=block_v, scan_overrides=scan_overrides,
+    num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    key = (
+        build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
+        dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
+        output_final_state, num_seqs, block_v, tuple(sorted(scan_overrides.items())) if scan_overrides else (),
     )
-    prep = build.compiled(chunk_prep.program, prep_cfg, arch)
-    scan = build.compiled(chunk_scan.program, scan_cfg, arch)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = _make_plan(*key)
 
-    q2, k2, v2, g2, b2, cu, a_log, dtb = _flat_inputs(q, k, v, g, beta, cu_seqlens, A_log, dt_bias)
+    q2, k2 = _compact(q, ntok, hk, dim), _compact(k, ntok, hk, dim)
+    g2, b2 = _compact(g, ntok, hv), _compact(beta, ntok, hv)
+    if cu_seqlens is None:
+        cu = plan.no_offsets
+        # Each sequence is cut into its own chunks.
+        num_chunks = batch * -(-seqlen // CHUNK)
+    else:
+        cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
+        # Upper bound on the chunk count that needs no look at the lengths: each sequence adds < 1 chunk.
+        num_chunks = ntok // CHUNK + num_seqs
+    if A_log is None:
+        a_log = dtb = plan.no_params
+    else:
+        a_log = A_log.contiguous()
+        dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
     tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
     pmat = torch.empty_like(tmat)
     vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
-    prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen)
+    plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen)
     if prep_only:
         return tmat, vecs
 
-    o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
-    placeholder = build.placeholder((1, hv, dim, dim), torch.float32, device)
-    h0 = placeholder if initial_state is None else initial_state.float().contiguous()
-    if not output_final_state:
-        ht = placeholder
-    elif final_state_out is None:
-        ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
+    v2 = _compact(v, ntok, hv, dim)
+    o = torch.empty_like(v2) if out is None else out.view(ntok, hv, dim)
+    if initial_state is None:
+        h0 = plan.no_state
+    elif initial_state.dtype == torch.float32:
+        h0 = initial_state.contiguous()
     else:
+        h0 = initial_state.float().contiguous()
+    if not output_final_state:
+        ht = plan.no_state
+    elif final_state_out is not None:
         ht = final_state_out
-    scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs)
+    elif initial_state is not None:
+        ht = torch.empty_like(h0)
+    else:
+        ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
+    plan.scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs)
     return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)

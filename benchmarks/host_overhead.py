@@ -1,0 +1,221 @@
+"""Host (CPU) time of one GDN prefill call, stage by stage, with the kernels replaced by no-ops.
+
+    python benchmarks/host_overhead.py [--tokens 16 256] [--value-heads 16 32] [--device cpu|meta]
+        [--repeats 2000]
+
+Runs anywhere (no GPU): the inputs are CPU (or meta) tensors shaped as the runtime's GDN layer
+passes them (qla_agent/runtime/layers/gdn.py: q/k/v column slices of the conv output, raw gates a/b
+slices of the fused projection, fp32 A_log/dt_bias, fp32 initial state, final state out, L2 norm),
+the device is declared an H100 (sm_90a, 132 SMs) and every compiled kernel is a no-op callable, so
+what is timed is the Python path alone. Stages:
+
+  checks      checks.check_gdn_prefill (the public entry's validation)
+  dispatch    what dispatch.resolve does for a CUDA call: requested_impl, load_backend, supports
+  launcher    tilelang.prefill.gdn_prefill with no-op kernels (configs, kernel lookup, views,
+              copies of strided inputs, allocations)
+  public      checks + argument dict + dispatch + launcher (what one layer pays before the GPU
+              sees a kernel, plus the kernel calls below)
+  tilelang    one kernel call: TileLang's JITKernel wrapper (tvm_ffi adapter) around an FFI entry
+              that does nothing, vs that FFI entry called directly (build.entry); 12 arguments as
+              chunk_scan's. Skipped without nvcc (the stand-in kernel is compiled for sm_90a).
+
+Each number is the best of 5 rounds of `--repeats` calls, in microseconds per call. CPU allocations
+are kept off mmap (glibc mallopt), as the CUDA caching allocator makes no system call either; the
+copies of strided inputs ("layer views") are real CPU copies, so those rows grow with T where on a
+GPU each copy is one launch.
+"""
+
+import argparse
+import ctypes
+import ctypes.util
+import shutil
+import sys
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from qla_agent.kernels import checks, dispatch  # noqa: E402
+
+KEY_HEADS = 16
+HEAD_DIM = 128
+
+
+def keep_allocations_off_mmap() -> None:
+    """Serve CPU allocations up to 32 MB from the heap and never trim it (glibc only; else a no-op)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def per_call_us(fn: Callable[[], object], repeats: int) -> float:
+    """Best of 5 rounds of `repeats` calls, microseconds per call."""
+    fn()
+    return 1e6 * min(timeit.repeat(fn, number=repeats, repeat=5)) / repeats
+
+
+def layer_inputs(tokens: int, value_heads: int, device: torch.device) -> dict:
+    """gdn_prefill arguments as the runtime's GDN layer builds them (strided views of fused buffers)."""
+    hk, hv, d = KEY_HEADS, value_heads, HEAD_DIM
+    conv_dim = (2 * hk + hv) * d
+    u = torch.zeros(1, tokens, conv_dim, dtype=torch.bfloat16, device=device)
+    proj = torch.zeros(tokens, conv_dim + hv * d + 2 * hv, dtype=torch.bfloat16, device=device)
+    q, k, v = u[0].split([hk * d, hk * d, hv * d], dim=-1)
+    b, a = proj[:, -2 * hv : -hv], proj[:, -hv:]
+    return dict(
+        q=q.unflatten(-1, (hk, d))[None], k=k.unflatten(-1, (hk, d))[None], v=v.unflatten(-1, (hv, d))[None],
+        g=a[None], beta=b[None], scale=d**-0.5,
+        initial_state=torch.zeros(1, hv, d, d, device=device), output_final_state=True, cu_seqlens=None,
+        use_qk_l2norm=True, A_log=torch.zeros(hv, device=device), dt_bias=torch.ones(hv, device=device),
+    )
+
+
+def contiguous_inputs(x: dict) -> dict:
+    """The same call with every tensor compact (what benchmarks/kernels.py passes)."""
+    return {n: t.contiguous() if isinstance(t, torch.Tensor) else t for n, t in x.items()}
+
+
+def _no_op(*args: object) -> None:
+    return None
+
+
+def pretend_h100() -> mock._patch:
+    """Patches that make the TileLang backend take CPU/meta tensors: no-op kernels on an H100."""
+    from qla_agent.kernels import tilelang as backend
+    from qla_agent.kernels.tilelang import build
+
+    patches = [
+        mock.patch.object(build, "compiled", lambda program, config, arch: _no_op),
+        mock.patch.object(build, "device_facts", lambda device: ("sm_90a", 132)),
+        mock.patch.object(backend, "device_arch", lambda device: "sm_90a"),
+    ]
+
+    class _All:
+        def __enter__(self) -> None:
+            for p in patches:
+                p.start()
+
+        def __exit__(self, *exc: object) -> None:
+            for p in reversed(patches):
+                p.stop()
+
+    return _All()
+
+
+def dispatch_like_cuda(arguments: dict) -> Callable[..., object]:
+    """dispatch.resolve's steps for a CUDA call (its device-type test aside), returning the launcher."""
+    dispatch.requested_impl("auto")
+    next(a.device for a in arguments.values() if isinstance(a, torch.Tensor))
+    backend = dispatch.load_backend("tilelang")
+    fn = getattr(backend, "gdn_prefill")
+    assert backend.supports("gdn_prefill", **arguments) is None
+    return fn
+
+
+def stage_times(x: dict, repeats: int) -> dict[str, float]:
+    """Microseconds per call of each Python stage for inputs x (under pretend_h100)."""
+    from qla_agent.kernels.tilelang import prefill
+
+    tensors = ("q", "k", "v", "g", "beta")
+
+    def check() -> object:
+        return checks.check_gdn_prefill(
+            *(x[n] for n in tensors), initial_state=x["initial_state"], cu_seqlens=x["cu_seqlens"],
+            A_log=x["A_log"], dt_bias=x["dt_bias"],
+        )
+
+    def public() -> object:
+        check()
+        arguments = dict(x)
+        return dispatch_like_cuda(arguments)(**arguments)
+
+    times = {
+        "checks": per_call_us(check, repeats),
+        "dispatch": per_call_us(lambda: dispatch_like_cuda(dict(x)), repeats),
+        "launcher": per_call_us(lambda: prefill.gdn_prefill(**x), repeats),
+    }
+    times["public"] = per_call_us(public, repeats)
+    return times
+
+
+def _stand_in_program():
+    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 2 int scalars)."""
+    import tilelang.language as T
+
+    n = T.dynamic("n")
+    f32 = "float32"
+
+    @T.prim_func
+    def main(
+        q: T.Tensor((n, 16, 128), f32), k: T.Tensor((n, 16, 128), f32), v: T.Tensor((n, 16, 128), f32),
+        t: T.Tensor((n, 16, 64), f32), p: T.Tensor((n, 16, 64), f32), w: T.Tensor((n, 16, 4), f32),
+        h0: T.Tensor((1, 16, 128, 128), f32), cu: T.Tensor((2,), "int32"), o: T.Tensor((n, 16, 128), f32),
+        ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32,
+    ):
+        with T.Kernel(1, threads=32):
+            o[0, 0, 0] = q[0, 0, 0]
+
+    return main
+
+
+def tilelang_call_times(repeats: int) -> dict[str, float] | None:
+    """One kernel call through TileLang's wrapper vs the FFI entry directly (an FFI no-op executes)."""
+    if shutil.which("nvcc") is None:
+        return None
+    import tilelang
+    import tvm_ffi
+
+    from qla_agent.kernels.tilelang import build
+
+    kernel = tilelang.compile(_stand_in_program(), target={"kind": "cuda", "arch": "sm_90a"})
+    args = [torch.zeros(s) for s in ((16, 16, 128),) * 3 + ((16, 16, 64),) * 2 + ((16, 16, 4), (1, 16, 128, 128))]
+    args += [torch.zeros(2, dtype=torch.int32), torch.zeros(16, 16, 128), torch.zeros(1, 16, 128, 128), 16, 1]
+    entry = build.entry(kernel)
+    assert entry is not kernel, "build.entry must unwrap a tvm_ffi kernel"
+    nop = tvm_ffi.get_global_func("testing.nop")
+    # The executable runs on the GPU only; an FFI function that ignores its arguments stands in for it.
+    kernel.adapter.executable = nop
+    return {
+        "JITKernel(*args)": per_call_us(lambda: kernel(*args), repeats),
+        "entry(*args)": per_call_us(lambda: nop(*args), repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="*", default=[16, 256])
+    parser.add_argument("--value-heads", type=int, nargs="*", default=[16])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "meta"))
+    parser.add_argument("--repeats", type=int, default=2000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    keep_allocations_off_mmap()
+    device = torch.device(args.device)
+    print(f"host microseconds per call ({args.device} tensors, no-op kernels, best of 5 x {args.repeats})")
+    print("| inputs | checks | dispatch | launcher | public |")
+    print("|---|---|---|---|---|")
+    with pretend_h100():
+        for hv in args.value_heads:
+            for tokens in args.tokens:
+                strided = layer_inputs(tokens, hv, device)
+                for layout, x in (("layer views", strided), ("contiguous", contiguous_inputs(strided))):
+                    t = stage_times(x, args.repeats)
+                    print(f"| T={tokens} {KEY_HEADS}/{hv} {layout} | {t['checks']:.1f} | {t['dispatch']:.1f} | "
+                          f"{t['launcher']:.1f} | {t['public']:.1f} |")
+    calls = tilelang_call_times(args.repeats)
+    if calls is None:
+        print("tilelang call: skipped (no nvcc)")
+        return
+    for name, value in calls.items():
+        print(f"tilelang call, {name}: {value:.2f} us")
+
+
+if __name__ == "__main__":
+    main()
