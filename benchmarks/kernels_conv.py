@@ -1,20 +1,34 @@
 """Time the short causal conv: our TileLang kernels vs the torch reference vs FLA's Triton conv.
 
-Inputs as the runtime passes them: bf16 x sliced out of the fused input projection (strided rows),
-bf16 weight [C, W=4] and conv state. Prefill: one sequence of T tokens with a state (memory-bound:
-x read + y written once). Update: one token for each of N sequences on a pool, eager and as GRAPH_CALLS
-calls replayed in one CUDA graph. FLA keeps W state columns instead of W-1; the bytes differ by one
-column, which does not matter here.
+    source .device/setup.sh && QLA_UNVERIFIED_KERNELS=1 python benchmarks/kernels_conv.py
+        [--shapes SUBSTRING ...] [--impls ours,reference,fla] [--json PATH]
+
+Inputs as the runtime passes them: bf16 x [1, T, C] either sliced out of the fused input projection
+("projection": rows of C + EXTRA_COLUMNS = 8224 elements for the 0.8B model) or its own contiguous
+tensor ("contiguous"), bf16 weight [C, W=4] and conv state. Prefill: one sequence of T tokens with a
+state (memory-bound: x read + y written once); T = 8192 is the model's prefill, T = 16..1024 the
+appends of a chat turn. Update: one token for each of N sequences on a pool. Every row is timed eager
+(one Python call per launch, triton's do_bench, L2 flushed before each call) and, ours and FLA's,
+as GRAPH_CALLS calls replayed in one CUDA graph (device time plus amortised launch;
+same inputs each call, so small shapes run from L2, as they do in the model straight after the
+projection GEMM). FLA keeps W state columns instead of W-1; the bytes differ by one column, which does
+not matter here.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernels_decode import eager_us, graph_us
+import torch  # noqa: E402
+
+from benchmarks.kernels_decode import eager_us, graph_us  # noqa: E402
 
 COPY_BYTES = 3.0e12
 WIDTH = 4
@@ -24,55 +38,69 @@ EXTRA_COLUMNS = 2080
 
 @dataclass(frozen=True, slots=True)
 class ConvShape:
-    """Prefill of `tokens` tokens (update: `tokens` sequences, one token each) over `channels` channels."""
+    """Prefill of `tokens` tokens (update: `tokens` sequences, one token each) over `channels` channels,
+    x a slice of the projection or contiguous."""
 
     op: str  # "prefill" | "update"
     tokens: int
     channels: int
+    layout: str = "projection"  # | "contiguous"
 
     @property
     def name(self) -> str:
-        return f"conv {self.op} {'T' if self.op == 'prefill' else 'N'}={self.tokens} C={self.channels}"
+        count = "T" if self.op == "prefill" else "N"
+        return f"conv {self.op} {count}={self.tokens} C={self.channels} {self.layout}"
 
 
 CONV_SHAPES = [
-    *(ConvShape("prefill", t, c) for c in (6144, 8192) for t in (1024, 8192)),
+    *(ConvShape("prefill", 8192, 6144, layout) for layout in ("projection", "contiguous")),
+    *(ConvShape("prefill", t, 6144) for t in (16, 64, 256, 1024)),
+    ConvShape("prefill", 8192, 8192),
     *(ConvShape("update", n, c) for c in (6144, 8192) for n in (1, 32)),
 ]
 
 
-def conv_floor_us(shape: ConvShape) -> float:
-    """x read + y written once (bf16), plus the state rows for updates, at the measured copy bandwidth."""
+def conv_bytes(shape: ConvShape) -> int:
+    """Bytes a call must move (bf16): x read + y written, plus the state rows read and written for updates."""
     moved = 2 * 2 * shape.tokens * shape.channels
     if shape.op == "update":
         moved += 2 * 2 * shape.tokens * shape.channels * (WIDTH - 1)
-    return 1e6 * moved / COPY_BYTES
+    return moved
 
 
-def conv_runners(shape: ConvShape, with_fla: bool) -> dict[str, Callable[[int], object]]:
-    """name -> fn(i) for ours, the reference and FLA, on inputs made once for `shape`."""
+def conv_floor_us(shape: ConvShape) -> float:
+    """`conv_bytes` at the measured copy bandwidth."""
+    return 1e6 * conv_bytes(shape) / COPY_BYTES
+
+
+def _x(shape: ConvShape, lead: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """bf16 x [*lead, C]: a slice of a wider projection, or contiguous."""
+    c = shape.channels
+    extra = EXTRA_COLUMNS if shape.layout == "projection" else 0
+    return torch.randn(*lead, c + extra, generator=gen, device="cuda").bfloat16()[..., :c]
+
+
+def conv_runners(shape: ConvShape, impls: tuple[str, ...]) -> dict[str, Callable[[int], object]]:
+    """name -> fn(i) for the chosen implementations (ours, reference, fla), on inputs made once for `shape`."""
     from qla_agent.kernels import reference_conv
     from qla_agent.kernels.tilelang import conv
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     c, t = shape.channels, shape.tokens
     weight = (torch.randn(c, WIDTH, generator=gen, device="cuda") / 2).bfloat16()
+    out: dict[str, Callable[[int], object]] = {}
     if shape.op == "prefill":
-        x = torch.randn(1, t, c + EXTRA_COLUMNS, generator=gen, device="cuda").bfloat16()[..., :c]
+        x = _x(shape, (1, t), gen)
         state = torch.randn(1, c, WIDTH - 1, generator=gen, device="cuda").bfloat16()
-        out = {
-            "ours": lambda i: conv.causal_conv1d(x, weight, conv_state=state),
-            "reference": lambda i: reference_conv.causal_conv1d(x, weight, conv_state=state),
-        }
+        out["ours"] = lambda i: conv.causal_conv1d(x, weight, conv_state=state)
+        out["reference"] = lambda i: reference_conv.causal_conv1d(x, weight, conv_state=state)
     else:
-        x = torch.randn(t, c + EXTRA_COLUMNS, generator=gen, device="cuda").bfloat16()[:, :c]
+        x = _x(shape, (t,), gen)
         pool = torch.randn(t, c, WIDTH - 1, generator=gen, device="cuda").bfloat16()
         slots = torch.arange(t, device="cuda")
-        out = {
-            "ours": lambda i: conv.causal_conv1d_update(x, weight, pool, slots),
-            "reference": lambda i: reference_conv.causal_conv1d_update(x, weight, pool, slots),
-        }
-    if with_fla:
+        out["ours"] = lambda i: conv.causal_conv1d_update(x, weight, pool, slots)
+        out["reference"] = lambda i: reference_conv.causal_conv1d_update(x, weight, pool, slots)
+    if "fla" in impls:
         from fla.modules.causal_conv1d import causal_conv1d as fla_conv
         from fla.modules.causal_conv1d import causal_conv1d_update as fla_update
 
@@ -84,41 +112,69 @@ def conv_runners(shape: ConvShape, with_fla: bool) -> dict[str, Callable[[int], 
         else:
             cache = torch.randn(t, c, WIDTH, generator=gen, device="cuda").bfloat16()
             out["fla"] = lambda i: fla_update(x, cache, weight=weight, activation="silu")
-    return out
+    return {name: fn for name, fn in out.items() if name in impls}
 
 
-def time_conv(shape: ConvShape, with_fla: bool) -> dict:
-    """One row: eager microseconds per implementation, and graph microseconds for updates."""
-    row: dict = {"shape": shape.name, "floor_us": conv_floor_us(shape)}
-    for name, fn in conv_runners(shape, with_fla).items():
+def time_conv(shape: ConvShape, with_fla: bool = True, impls: tuple[str, ...] = ("ours", "reference")) -> dict:
+    """One row: eager and graph microseconds per implementation (None where a graph cannot capture it)."""
+    impls = (*impls, "fla") if with_fla and "fla" not in impls else impls
+    row: dict = {"shape": shape.name, "floor_us": conv_floor_us(shape), "bytes": conv_bytes(shape)}
+    for name, fn in conv_runners(shape, impls).items():
         row[f"{name}_eager_us"] = eager_us(fn)
-        if shape.op == "update":
-            row[f"{name}_graph_us"] = graph_us(fn)
+        # The reference's temporaries (a [T, C, W] fp32 product at T = 8192 is 0.8 GB) would be kept
+        # once per captured call: it is timed eager only.
+        row[f"{name}_graph_us"] = None if name == "reference" else graph_us(fn)
     return row
 
 
 def format_conv_table(rows: list[dict], card: str) -> str:
-    """Markdown table: microseconds per call (graph for updates), ratios, our % of the HBM floor."""
+    """Markdown table: microseconds per call (CUDA graph, eager in brackets), ratios, our GB/s and % of
+    the copy-bandwidth floor (from the graph time)."""
     def cell(value: float | None, fmt: str = ".1f") -> str:
         return "-" if value is None else format(value, fmt)
 
+    def best(r: dict, name: str) -> float | None:
+        graph = r.get(f"{name}_graph_us")
+        return graph if graph is not None else r.get(f"{name}_eager_us")
+
     lines = [
-        f"card: {card} (conv, microseconds per call; updates: CUDA graph, eager in brackets)",
-        "| shape | ours | reference | FLA | ref/ours | FLA/ours | floor | ours % floor |",
-        "|---|---|---|---|---|---|---|---|",
+        f"card: {card} (conv, microseconds per call: CUDA graph, eager in brackets; floor = bytes at "
+        f"{COPY_BYTES / 1e12:.1f} TB/s)",
+        "| shape | ours | reference | FLA | ref/ours | FLA/ours | floor | ours GB/s | ours % floor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        kind = "graph" if "ours_graph_us" in r else "eager"
-
-        def value(name: str) -> str:
-            main = r.get(f"{name}_{kind}_us")
-            eager = f" ({cell(r.get(f'{name}_eager_us'))})" if kind == "graph" else ""
-            return cell(main) + eager
-
-        mine, ref, fla = (r.get(f"{n}_{kind}_us") for n in ("ours", "reference", "fla"))
+        mine, ref, fla = (best(r, n) for n in ("ours", "reference", "fla"))
+        times = {}
+        for n in ("ours", "reference", "fla"):
+            graph, eager = r.get(f"{n}_graph_us"), r.get(f"{n}_eager_us")
+            times[n] = cell(eager) if graph is None else f"{cell(graph)} ({cell(eager)})"
         lines.append(
-            f"| {r['shape']} | {value('ours')} | {value('reference')} | {value('fla')} | "
-            f"{cell(ref and mine and ref / mine, '.1f')} | {cell(fla and mine and fla / mine, '.2f')} | "
-            f"{r['floor_us']:.1f} | {cell(mine and 100 * r['floor_us'] / mine, '.0f')}% |"
+            f"| {r['shape']} | {times['ours']} | {times['reference']} | {times['fla']} | "
+            f"{cell(ref and mine and ref / mine)} | {cell(fla and mine and fla / mine, '.2f')} | "
+            f"{r['floor_us']:.1f} | {cell(mine and r['bytes'] / mine / 1e3, '.0f')} | "
+            f"{cell(mine and 100 * r['floor_us'] / mine, '.0f')}% |"
         )
     return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
+    parser.add_argument("--impls", default="ours,reference,fla", help="comma-separated: ours, reference, fla")
+    parser.add_argument("--json", help="write the rows here too")
+    args = parser.parse_args()
+    impls = tuple(args.impls.split(","))
+    rows = []
+    for shape in CONV_SHAPES:
+        if not args.shapes or any(p in shape.name for p in args.shapes):
+            rows.append(time_conv(shape, with_fla=False, impls=impls))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(format_conv_table(rows, torch.cuda.get_device_name()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,10 @@
 """GPU tests of the TileLang causal conv (prefill and one-token update) against the fp64 reference.
 
-Inputs are bf16 (as in the model); the reference runs in fp64 on the same values, so the error left
-is fp32 arithmetic plus one rounding of y. Final and updated states are copies of inputs: exact.
-The allocator cache is NaN-filled before each run, so an output element never written fails.
+Inputs are bf16 (as in the model) unless a test says otherwise; the reference runs in fp64 on the same
+values, so the error left is fp32 arithmetic plus one rounding of y. Final and updated states are
+copies of inputs: exact. The allocator cache is NaN-filled before each run, so an output element
+never written fails. The prefill reads x as 16-byte vectors straight from the model's slice of its
+projection (row stride 8224) or from a contiguous x; a slice that is not vector-aligned is copied.
 """
 
 import pytest
@@ -61,6 +63,76 @@ def test_varlen_conv_matches_reference(with_state: bool) -> None:
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda")
     ref_y, ref_state = reference_conv.causal_conv1d(
         x.double(), weight.double(), conv_state=None if state is None else state.double(), cu_seqlens=cu
+    )
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_state.to(out_state.dtype), out_state)
+
+
+# (start column, row width) of x inside a wider bf16 tensor: the 0.8B model's projection slice (a view),
+# a contiguous x, and a slice starting 3 columns in (not 16-byte aligned: the launcher copies it).
+LAYOUTS = {"projection": (0, 8224), "contiguous": (0, 6144), "unaligned": (3, 6150)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("seqlen", [16, 1000, 8192], ids=lambda t: f"T{t}")
+def test_conv_layouts_match_reference(layout: str, seqlen: int) -> None:
+    """The model's case: x [1, T, 6144] bf16, W = 4, with a state, from each layout."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    start, width = LAYOUTS[layout]
+    gen = torch.Generator().manual_seed(seqlen)
+    x = torch.randn(1, seqlen, width, generator=gen).to("cuda", torch.bfloat16)[..., start : start + 6144]
+    weight = (torch.randn(6144, W, generator=gen) / 2).to("cuda", torch.bfloat16)
+    state = torch.randn(1, 6144, W - 1, generator=gen).to("cuda", torch.bfloat16)
+    ref_y, ref_state = reference_conv.causal_conv1d(x.double(), weight.double(), conv_state=state.double())
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state)
+    torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_state.to(out_state.dtype), out_state)
+
+
+# x dtype, state dtype, bound: fp16 rounds y to 11 bits, fp32 not at all; an fp32 state with bf16 x
+# keeps its values exact in the taps and in the final state.
+DTYPES = [
+    (torch.float16, torch.float16, 1e-3),
+    (torch.float32, torch.float32, 1e-5),
+    (torch.bfloat16, torch.float32, BOUND),
+]
+
+
+@pytest.mark.parametrize("x_dtype,state_dtype,bound", DTYPES, ids=["fp16", "fp32", "bf16-fp32state"])
+def test_conv_dtypes_match_reference(x_dtype: torch.dtype, state_dtype: torch.dtype, bound: float) -> None:
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 257, 6144 + 64, generator=gen).to("cuda", x_dtype)[..., 32 : 32 + 6144]
+    weight = (torch.randn(6144, W, generator=gen) / 2).to("cuda", x_dtype)
+    state = torch.randn(2, 6144, W - 1, generator=gen).to("cuda", state_dtype)
+    ref_y, ref_state = reference_conv.causal_conv1d(x.double(), weight.double(), conv_state=state.double())
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state)
+    torch.cuda.synchronize()
+    assert out_y.dtype == x_dtype and out_state.dtype == state_dtype
+    assert rel_err(ref_y, out_y) < bound
+    assert torch.equal(ref_state.to(state_dtype), out_state)
+
+
+def test_varlen_many_short_sequences_match_reference() -> None:
+    """40 packed sequences of 1..9 tokens and one of 500: starts inside, at and just before the
+    kernel's 8-token runs, several per run, and a binary search six steps deep."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    gen = torch.Generator().manual_seed(6)
+    lens = (*torch.randint(1, 10, (40,), generator=gen).tolist(), 500)
+    x, weight, _ = _inputs(1, sum(lens), 6144, seed=7)
+    state = torch.randn(len(lens), 6144, W - 1, generator=gen).to("cuda", torch.bfloat16)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    ref_y, ref_state = reference_conv.causal_conv1d(
+        x.double(), weight.double(), conv_state=state.double(), cu_seqlens=cu
     )
     _poison_allocator()
     out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)

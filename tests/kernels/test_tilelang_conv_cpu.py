@@ -43,7 +43,7 @@ def test_vectors_views_aligned_rows_and_copies_others(layout: str) -> None:
     x = _projection_slice(2, 5, seed=0, start=start, extra=extra)
     vectors, sxb, sxt = _vectors(x, 4)
     assert (vectors.data_ptr() == x.data_ptr()) == (layout != "copy")
-    rows = [vectors[b * sxb + t * sxt :][: C // 4].flatten() for b in range(2) for t in range(5)]
+    rows = [vectors[(b * sxb + t * sxt) // 4 :][: C // 4].flatten() for b in range(2) for t in range(5)]
     assert torch.equal(torch.stack(rows), x.reshape(10, C))
 
 

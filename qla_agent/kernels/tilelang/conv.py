@@ -77,8 +77,8 @@ def _silu(acc):
 def conv_program(cfg: ConvConfig):
     """The prefill prim_func: grid (C / block_c, T / block_t, B), cfg.threads threads.
 
-    x is [rows, vec] (the flat input in vectors; token t of row b starts at vector b * sxb + t * sxt),
-    weight [C * W / vec, vec] (the [C, W] weight in vectors)."""
+    x is [rows, vec] (the flat input in vectors; token t of row b starts at element b * sxb + t * sxt,
+    strides that are multiples of vec), weight [C * W / vec, vec] (the [C, W] weight in vectors)."""
     f32, C, W, V, L = "float32", cfg.channels, cfg.width, cfg.vec, cfg.run
     H, G, R = W - 1, cfg.block_c // cfg.vec, cfg.block_t // cfg.run
     assert C % V == 0 and cfg.block_c % V == 0 and cfg.block_t % L == 0 and L >= H, cfg
@@ -133,7 +133,7 @@ def conv_program(cfg: ConvConfig):
                     for m in T.unroll(L + H):
                         for k in T.vectorized(V):
                             xr[m, k] = T.if_then_else(
-                                t0 - H + m >= 0 and t0 - H + m < nt, x[bb * sxb + (t0 - H + m) * sxt + vc, k], 0
+                                t0 - H + m >= 0 and t0 - H + m < nt, x[(bb * sxb + (t0 - H + m) * sxt) // V + vc, k], 0
                             )
                     for q in T.unroll(W):
                         for k in T.vectorized(V):
@@ -208,7 +208,8 @@ def update_program(cfg: ConvUpdateConfig):
 
 
 def _vectors(x: torch.Tensor, vec: int) -> tuple[torch.Tensor, int, int]:
-    """(x as [rows, vec] vectors, batch and token strides in vectors) for x [B, T, C] with C % vec == 0.
+    """(x as [rows, vec] vectors, batch and token strides in elements, multiples of vec) for x [B, T, C]
+    with C % vec == 0.
 
     A view when x's used strides are multiples of vec and its data is vector-aligned (the model's
     slice of its projection); a contiguous copy otherwise.
@@ -217,8 +218,7 @@ def _vectors(x: torch.Tensor, vec: int) -> tuple[torch.Tensor, int, int]:
     strides = [0 if size == 1 else stride for size, stride in zip(x.shape, strides)]
     if any(s % vec for s in strides) or flat.data_ptr() % (vec * x.element_size()):
         flat, strides = build.flat_view(x.contiguous(), 1)
-    sxb, sxt = (s // vec for s in strides)
-    return flat.view(-1, vec), sxb, sxt
+    return flat.view(-1, vec), *strides
 
 
 def causal_conv1d(
