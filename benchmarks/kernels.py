@@ -20,7 +20,9 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 
 os.environ.setdefault("FLA_FLASH_QLA", "0")
@@ -136,6 +138,7 @@ def runners(impls: list[str]) -> dict:
         )
     return out
 
+
 @dataclass(frozen=True, slots=True)
 class AppendShape:
     """One sequence appending `tokens` tokens to its recurrent state (16 key heads)."""
@@ -171,7 +174,8 @@ def append_input_sets(shape: AppendShape, device: torch.device) -> list[dict]:
         return {
             "q": q.unflatten(-1, (hk, 128))[None], "k": k.unflatten(-1, (hk, 128))[None],
             "v": v.unflatten(-1, (hv, 128))[None], "a": proj[None, :, -hv:], "b": proj[None, :, -2 * hv : -hv],
-            "A_log": torch.rand(hv, generator=gen, device=device) * 2, "dt_bias": torch.randn(hv, generator=gen, device=device),
+            "A_log": torch.rand(hv, generator=gen, device=device) * 2,
+            "dt_bias": torch.randn(hv, generator=gen, device=device),
             "initial_state": torch.randn(1, hv, 128, 128, generator=gen, device=device) * 0.05,
         }
 
@@ -214,9 +218,6 @@ def append_runners(sets: list[dict], impls: list[str]) -> dict:
 def eager_append_us(fn, calls: int = EAGER_CALLS) -> float:
     """Microseconds per call of `calls` back-to-back eager calls (wall clock, one sync at the end):
     host and device overlap, so this is max(host, device) per call, the median of 5 rounds."""
-    import statistics
-    import time
-
     for i in range(calls):
         fn(i)
     torch.cuda.synchronize()
