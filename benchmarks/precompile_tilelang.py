@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from benchmarks.kernels import SHAPES, VARIANT_SHAPES, VARIANTS  # noqa: E402
 from benchmarks.kernels_conv import CONV_SHAPES  # noqa: E402
 from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS  # noqa: E402
+from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
@@ -125,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     pairs = wanted_configs(args.arch, tuple(v for v in args.variants.split(",") if v))
-    pairs = list(dict.fromkeys(pairs + step_configs()))
+    pairs = list(dict.fromkeys(pairs + step_configs() + norm_configs()))
     logger.info("%d kernels to compile for %s", len(pairs), args.arch)
     with ProcessPoolExecutor(args.jobs) as pool:
         for done in pool.map(_compile, pairs, [args.arch] * len(pairs)):

@@ -1,18 +1,21 @@
-"""Public GDN kernel entry points; each dispatches to a fast backend or the torch reference.
+"""Public kernel entry points (GDN, conv, norms); each dispatches to a fast backend or the torch reference.
 
 Every function takes impl="auto" | "tilelang" | "reference" (see `dispatch`); QLA_KERNEL_IMPL=reference
-forces the reference. The math, shapes and dtypes are documented in `reference` and `reference_conv`.
+forces the reference. The math, shapes and dtypes are documented in `reference`, `reference_conv` and `reference_norms`.
 Inputs are validated here (ValueError naming the argument and the expected shape) before any backend
 sees them.
 """
 
 import torch
 
-from qla_agent.kernels import checks
+from qla_agent.kernels import checks, checks_norms
 from qla_agent.kernels.dispatch import resolve
 from qla_agent.kernels.reference import gdn_gates
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "gdn_decode", "gdn_gates", "gdn_prefill"]
+__all__ = [
+    "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_gates", "gdn_prefill",
+    "rms_norm", "silu_and_mul", "silu_mul",
+]
 
 
 def gdn_prefill(
@@ -79,3 +82,57 @@ def causal_conv1d_update(
     checks.check_conv_update(x, weight, conv_state, slots)
     arguments = dict(x=x, weight=weight, conv_state=conv_state, slots=slots)
     return resolve("causal_conv1d_update", impl, arguments)(**arguments)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered: bool = True, impl: str = "auto"
+) -> torch.Tensor:
+    """RMSNorm of each row: x [..., D], weight [D] -> y [..., D] in x.dtype.
+
+    y = rms(x) * (1 + w) (zero_centered, the weight stores w - 1) or rms(x) * w, in fp32.
+    """
+    checks_norms.check_rms_norm(x, weight, eps=eps)
+    arguments = dict(x=x, weight=weight, eps=eps, zero_centered=zero_centered)
+    return resolve("rms_norm", impl, arguments)(**arguments)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered: bool = True,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add, then RMSNorm: x, residual [..., D], weight [D] -> (y, s) [..., D] in x.dtype.
+
+    s = x + residual rounded to x.dtype (the next residual), y = rms_norm(s).
+    """
+    checks_norms.check_rms_norm(x, weight, eps=eps, residual=residual)
+    arguments = dict(x=x, residual=residual, weight=weight, eps=eps, zero_centered=zero_centered)
+    return resolve("add_rms_norm", impl, arguments)(**arguments)
+
+
+def gated_rms_norm(
+    x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float, impl: str = "auto"
+) -> torch.Tensor:
+    """The GDN output norm: x, z [..., D] (z may be a strided slice), weight [D] -> y [..., D] in x.dtype.
+
+    y = (w * rms(x) in x.dtype) * silu(z in fp32), rounded to x.dtype.
+    """
+    checks_norms.check_gated_rms_norm(x, z, weight, eps=eps)
+    arguments = dict(x=x, z=z, weight=weight, eps=eps)
+    return resolve("gated_rms_norm", impl, arguments)(**arguments)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """The MLP activation: gate, up [..., I] -> silu(gate) * up [..., I] (== F.silu(gate) * up)."""
+    checks_norms.check_silu_mul(gate, up)
+    arguments = dict(gate=gate, up=up)
+    return resolve("silu_mul", impl, arguments)(**arguments)
+
+
+def silu_and_mul(gate_up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """silu_mul on a fused projection: gate_up [..., 2I] = [gate | up] -> [..., I]; the halves are read
+    in place (no copy) by the TileLang kernel."""
+    if not isinstance(gate_up, torch.Tensor) or gate_up.dim() < 1 or gate_up.shape[-1] % 2:
+        shape = list(gate_up.shape) if isinstance(gate_up, torch.Tensor) else type(gate_up).__name__
+        raise ValueError(f"gate_up must have shape [..., 2I] (gate then up), got {shape}")
+    half = gate_up.shape[-1] // 2
+    return silu_mul(gate_up[..., :half], gate_up[..., half:], impl=impl)

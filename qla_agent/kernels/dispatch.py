@@ -2,7 +2,7 @@
 
 A fast backend is a module listed in FAST_BACKENDS that exposes, for each op it implements, a
 function with the public signature minus `impl` (gdn_prefill, gdn_decode, causal_conv1d,
-causal_conv1d_update), plus
+causal_conv1d_update, rms_norm, add_rms_norm, gated_rms_norm, silu_mul), plus
 
     def supports(op: str, **arguments) -> str | None
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from qla_agent.kernels import reference, reference_conv
+from qla_agent.kernels import reference, reference_conv, reference_norms
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ REFERENCE_OPS: dict[str, Callable[..., Any]] = {
     "gdn_decode": reference.gdn_decode,
     "causal_conv1d": reference_conv.causal_conv1d,
     "causal_conv1d_update": reference_conv.causal_conv1d_update,
+    "rms_norm": reference_norms.rms_norm,
+    "add_rms_norm": reference_norms.add_rms_norm,
+    "gated_rms_norm": reference_norms.gated_rms_norm,
+    "silu_mul": reference_norms.silu_mul,
 }
 
 # Backend name -> imported module, or the reason it could not be imported.

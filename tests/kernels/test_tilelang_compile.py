@@ -74,3 +74,24 @@ def test_conv_kernels_compile(arch: str) -> None:
         kernel = build.compiled(program, config, arch)
         assert f"__launch_bounds__({config.block_c}" in kernel.get_kernel_source()
     assert build.launch_smem_bytes(build.compiled(conv.conv_program, prefill, arch)) <= build.SMEM_LIMIT[arch]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_norm_kernels_compile(arch: str) -> None:
+    """add_rms_norm (hidden 1024), the q-norm (8 heads of 256), the gated norm (16 heads of 128) and
+    silu_mul (3584) build for `arch`, and every global load and store of a row is a 16-byte vector."""
+    from qla_agent.kernels.tilelang import build, norms
+
+    bf16, f32 = torch.bfloat16, torch.float32
+    kernels = [
+        (norms.rms_norm_program, norms.rms_norm_config(1024, 1, bf16, bf16, bf16, zero_centered=True), "x", "s"),
+        (norms.rms_norm_program, norms.rms_norm_config(256, 8, bf16, bf16, None, zero_centered=True), "x", "y"),
+        (norms.gated_rms_norm_program, norms.gated_rms_norm_config(128, 16, bf16, bf16, f32), "z", "y"),
+        (norms.silu_mul_program, norms.silu_mul_config(3584, bf16), "up", "out"),
+    ]
+    for program, config, operand, output in kernels:
+        source = build.compiled(program, config, arch).get_kernel_source()
+        threads = config.threads if program is norms.silu_mul_program else config.block.threads
+        assert f"__launch_bounds__({threads}" in source
+        assert f"*(uint4*)({operand} + " in source, f"{program.__name__} reads {operand} without 16-byte vectors"
+        assert f"*(uint4*)({output} + " in source, f"{program.__name__} writes {output} without 16-byte vectors"

@@ -12,11 +12,18 @@ import torch
 from qla_agent.kernels.tilelang.build import HEAD_DIM, device_arch
 from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
+from qla_agent.kernels.tilelang.norms import (
+    MAX_GRID_Y, MAX_VECTORS, ROW_ALIGN, VECTOR_BYTES, add_rms_norm, gated_rms_norm, heads_of, rms_norm, row_block,
+    silu_mul, silu_mul_tile,
+)
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "gdn_decode", "gdn_prefill", "supports"]
+__all__ = [
+    "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_prefill",
+    "rms_norm", "silu_mul", "supports",
+]
 
 IO_DTYPES = (torch.bfloat16, torch.float16)
 # Decode has no tensor-core GEMM, so fp32 q/k/v run too.
@@ -25,10 +32,13 @@ GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SLOT_DTYPES = (torch.int32, torch.int64)
 CONV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_CONV_WIDTH = 8
+ROW_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 INT32_LIMIT = 2**31
 # Kernels written and checked on the CPU (C backend, compile tests) whose GPU tests have not run yet:
 # `auto` keeps them off until a GPU run passes, unless QLA_UNVERIFIED_KERNELS=1 asks for them.
-UNVERIFIED_OPS = frozenset({"gdn_decode", "causal_conv1d", "causal_conv1d_update"})
+UNVERIFIED_OPS = frozenset({
+    "gdn_decode", "causal_conv1d", "causal_conv1d_update", "rms_norm", "add_rms_norm", "gated_rms_norm", "silu_mul",
+})
 UNVERIFIED_ENV = "QLA_UNVERIFIED_KERNELS"
 
 
@@ -99,11 +109,57 @@ def _conv_update_reason(
     return _conv_dtypes_reason(x, weight, conv_state)
 
 
+def _row_dtypes_reason(**tensors: torch.Tensor | None) -> str | None:
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if any(d not in ROW_DTYPES for d in dtypes.values()):
+        named = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
+        return f"dtypes ({named}): the row kernels take bf16/fp16/fp32"
+    return None
+
+
+def _row_width_reason(x: torch.Tensor, *others: torch.Tensor | None) -> str | None:
+    dim, itemsize = x.shape[-1], x.element_size()
+    heads = heads_of(x, *(t for t in others if t is not None))
+    if heads > MAX_GRID_Y:
+        return f"x {list(x.shape)} would be read as [tokens, {heads} heads, D]: at most {MAX_GRID_Y} heads"
+    if row_block(dim, itemsize, 1) is None:
+        per_vector = VECTOR_BYTES // itemsize
+        return (
+            f"row width D={dim} ({x.dtype}): the norm kernels need D a multiple of {ROW_ALIGN} whose "
+            f"{per_vector}-element vectors split evenly over a CTA (a power of two up to 128 per row, else a "
+            f"multiple of 32 vectors, at most {MAX_VECTORS} per thread of 256)"
+        )
+    return None
+
+
+def _rms_norm_reason(
+    x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None = None, **_: object
+) -> str | None:
+    return _row_dtypes_reason(x=x, weight=weight, residual=residual) or _row_width_reason(x, residual)
+
+
+def _gated_rms_norm_reason(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, **_: object) -> str | None:
+    return _row_dtypes_reason(x=x, z=z, weight=weight) or _row_width_reason(x, z)
+
+
+def _silu_mul_reason(gate: torch.Tensor, up: torch.Tensor, **_: object) -> str | None:
+    if gate.dtype != up.dtype:
+        return f"gate/up dtypes {gate.dtype}/{up.dtype}: the kernel takes one dtype for both"
+    reason = _row_dtypes_reason(gate=gate)
+    if reason is None and silu_mul_tile(gate.shape[-1], gate.element_size()) is None:
+        return f"width I={gate.shape[-1]}: the kernel needs a multiple of {ROW_ALIGN}"
+    return reason
+
+
 _REASONS = {
     "gdn_prefill": _prefill_reason,
     "gdn_decode": _decode_reason,
     "causal_conv1d": _conv_reason,
     "causal_conv1d_update": _conv_update_reason,
+    "rms_norm": _rms_norm_reason,
+    "add_rms_norm": _rms_norm_reason,
+    "gated_rms_norm": _gated_rms_norm_reason,
+    "silu_mul": _silu_mul_reason,
 }
 
 
@@ -113,8 +169,7 @@ def supports(op: str, **arguments: object) -> str | None:
         return f"the TileLang backend does not implement {op} yet"
     if op in UNVERIFIED_OPS and os.environ.get(UNVERIFIED_ENV) != "1":
         return f"the TileLang {op} kernel has not passed its GPU tests yet; set {UNVERIFIED_ENV}=1 to use it"
-    first = arguments["q"] if "q" in arguments else arguments["x"]
-    device = first.device
+    device = next(a.device for a in arguments.values() if isinstance(a, torch.Tensor))
     arch = device_arch(device)
     if arch is None:
         major, minor = torch.cuda.get_device_capability(device)

@@ -1,0 +1,422 @@
+"""TileLang row kernels: RMSNorm (zero-centred or plain, optionally fused with the residual add), the
+GDN output's gated RMSNorm, and SiLU(gate) * up. Math and rounding as `reference_norms`.
+
+Bandwidth-bound design, one launch per call: a CTA holds a block of whole rows in registers (fp32)
+and touches global memory only in 16-byte vectors; a row's sum of squares is an all-reduce over the
+threads that share the row (warp shuffles, plus shared memory when a row spans several warps).
+Norm inputs are read as [tokens, heads, D] (heads = 1 when all rows are one stride apart) with token
+and head strides that are multiples of ROW_ALIGN elements, passed as stride // ROW_ALIGN so the
+compiler can prove every row start 16-byte aligned: q/k slices of a fused projection and the z
+columns of the GDN projection are read without a copy. Token and head counts are runtime values
+(T.dynamic), so a new prompt length never recompiles, and nothing reads a device value on the host.
+"""
+
+import math
+from dataclasses import dataclass
+
+import tilelang.language as T
+import torch
+
+from qla_agent.kernels.tilelang import build
+
+ROW_ALIGN = 8  # elements; row strides reach the kernels as stride // ROW_ALIGN
+MAX_GRID_Y = 65535  # heads per token (grid y)
+VECTOR_BYTES = 16
+MAX_THREADS = 256
+# Vectors of 16 bytes each thread holds: 2 hides latency, more than 8 spills registers (fp32 rows).
+MIN_VECTORS, MAX_VECTORS = 2, 8
+SILU_MUL_THREADS = 128
+SILU_MUL_MAX_COLS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RowBlock:
+    """A norm CTA's rows: block_tokens tokens x block_heads heads of [tokens, heads, D] inputs."""
+
+    block_tokens: int
+    block_heads: int
+    threads: int
+
+
+def row_block(dim: int, itemsize: int, heads: int) -> RowBlock | None:
+    """The CTA for rows of `dim` elements of `itemsize` bytes, or None when there is no regular one.
+
+    Rows of up to 128 vectors (a power of two) share a 128-thread CTA, several rows per pass; longer
+    rows get the largest power-of-two thread group (32 ... 256) that divides their vector count, so
+    every thread holds the same number of whole vectors of a row. The rows are as many heads of a token
+    as divide `heads`, then tokens (so only a few compile variants, whatever the token count).
+    """
+    per_vector = VECTOR_BYTES // itemsize
+    if dim % ROW_ALIGN:
+        return None
+    vectors = dim // per_vector
+    if vectors <= 128 and 128 % vectors == 0:
+        rows, threads = 128 // vectors * MIN_VECTORS, 128
+    else:
+        threads = min(vectors & -vectors, MAX_THREADS)
+        if threads < 32 or vectors // threads > MAX_VECTORS:
+            return None
+        rows = max(1, MIN_VECTORS // (vectors // threads))
+    block_heads = math.gcd(heads, rows)
+    return RowBlock(block_tokens=rows // block_heads, block_heads=block_heads, threads=threads)
+
+
+def silu_mul_tile(dim: int, itemsize: int) -> tuple[int, int] | None:
+    """(block_tokens, block_cols) of the SiLU-mul CTA: the largest power-of-two column block up to
+    SILU_MUL_MAX_COLS that divides `dim`, and enough rows for MIN_VECTORS vectors per thread."""
+    if dim % ROW_ALIGN:
+        return None
+    per_vector = VECTOR_BYTES // itemsize
+    cols = min(dim & -dim, SILU_MUL_MAX_COLS)
+    return max(1, SILU_MUL_THREADS * MIN_VECTORS * per_vector // cols), cols
+
+
+@dataclass(frozen=True, slots=True)
+class RmsNormConfig:
+    """One RMSNorm specialisation (token and head counts, eps and row strides are runtime values)."""
+
+    dim: int
+    dtype: str  # x, y and the sum s
+    weight_dtype: str
+    residual_dtype: str | None  # add_rms_norm: s = x + residual is normalised and returned; None: plain
+    zero_centered: bool  # y = rms(x) * (1 + w), else rms(x) * w
+    block: RowBlock
+
+
+@dataclass(frozen=True, slots=True)
+class GatedRmsNormConfig:
+    """One gated-RMSNorm specialisation (token and head counts, eps and row strides are runtime values)."""
+
+    dim: int
+    dtype: str  # x and y
+    gate_dtype: str  # z
+    weight_dtype: str
+    product_dtype: str  # w * rms(x): the promotion of the weight and x dtypes, rounded there
+    block: RowBlock
+
+
+@dataclass(frozen=True, slots=True)
+class SiluMulConfig:
+    """One SiLU(gate) * up specialisation (the row count and row strides are runtime values)."""
+
+    dim: int
+    dtype: str
+    block_tokens: int
+    block_cols: int
+    threads: int = SILU_MUL_THREADS
+
+
+def rms_norm_config(
+    dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype, residual_dtype: torch.dtype | None, *,
+    zero_centered: bool,
+) -> RmsNormConfig:
+    """The specialisation for [tokens, heads, dim] rows (residual_dtype None: no residual add)."""
+    tl = build.TORCH_TO_TL
+    return RmsNormConfig(
+        dim=dim, dtype=tl[dtype], weight_dtype=tl[weight_dtype],
+        residual_dtype=None if residual_dtype is None else tl[residual_dtype], zero_centered=zero_centered,
+        block=row_block(dim, dtype.itemsize, heads),
+    )
+
+
+def gated_rms_norm_config(
+    dim: int, heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, weight_dtype: torch.dtype
+) -> GatedRmsNormConfig:
+    """The specialisation for [tokens, heads, dim] rows of x (dtype) and z (gate_dtype)."""
+    tl = build.TORCH_TO_TL
+    return GatedRmsNormConfig(
+        dim=dim, dtype=tl[dtype], gate_dtype=tl[gate_dtype], weight_dtype=tl[weight_dtype],
+        product_dtype=tl[torch.promote_types(weight_dtype, dtype)], block=row_block(dim, dtype.itemsize, heads),
+    )
+
+
+def silu_mul_config(dim: int, dtype: torch.dtype) -> SiluMulConfig:
+    block_tokens, block_cols = silu_mul_tile(dim, dtype.itemsize)
+    return SiluMulConfig(dim=dim, dtype=build.TORCH_TO_TL[dtype], block_tokens=block_tokens, block_cols=block_cols)
+
+
+def _rows_of(dtype: str, dim: int, tokens, heads, token_stride8, head_stride8):
+    """A kernel input [tokens, heads, D] whose token and head strides are ROW_ALIGN times a runtime value."""
+    return T.StridedTensor((tokens, heads, dim), (token_stride8 * ROW_ALIGN, head_stride8 * ROW_ALIGN, 1), dtype)
+
+
+@T.macro
+def _load_rows(x, xf, bt, bh, nt, nh, block: RowBlock, dim: int):
+    """xf = the CTA's rows of x in fp32 (0 past the last token or head)."""
+    BT, BH = block.block_tokens, block.block_heads
+    for t, h, j in T.Parallel(BT, BH, dim):
+        inside = bt * BT + t < nt and bh * BH + h < nh
+        xf[t, h, j] = T.if_then_else(inside, T.cast(x[bt * BT + t, bh * BH + h, j], "float32"), 0.0)
+
+
+@T.macro
+def _row_rsqrt(xf, rstd, eps, dim: int, block: RowBlock):
+    """rstd[t, h] = rsqrt(mean(xf[t, h, :]^2) + eps), as torch: the fp32 sum of squares times 1/dim in fp32."""
+    squares = T.alloc_fragment((block.block_tokens, block.block_heads, dim), "float32")
+    for t, h, j in T.Parallel(block.block_tokens, block.block_heads, dim):
+        squares[t, h, j] = xf[t, h, j] * xf[t, h, j]
+    T.reduce_sum(squares, rstd, dim=2)
+    for t, h in T.Parallel(block.block_tokens, block.block_heads):
+        rstd[t, h] = T.rsqrt(rstd[t, h] * T.float32(1.0 / dim) + eps)
+
+
+@T.macro
+def _weight_rows(weight, wf, block: RowBlock, dim: int, plus_one: bool):
+    """wf[t, h, :] = weight (+ 1) in fp32. Staged in registers apart from the stores, so an fp32 weight
+    does not narrow the 16-byte vectors of bf16/fp16 rows."""
+    for t, h, j in T.Parallel(block.block_tokens, block.block_heads, dim):
+        wf[t, h, j] = 1.0 + T.cast(weight[j], "float32") if plus_one else T.cast(weight[j], "float32")
+
+
+def rms_norm_program(cfg: RmsNormConfig):
+    """The prim_func: grid (tokens / block_tokens, heads / block_heads), block.threads threads; inputs
+    [nt, nh, D] with strided tokens and heads, y (and s) contiguous [nt, nh, D]."""
+    f32, D, BT, BH = "float32", cfg.dim, cfg.block.block_tokens, cfg.block.block_heads
+    nt, nh = T.dynamic("nt"), T.dynamic("nh")
+    sxt, sxh, srt, srh = (T.dynamic(name, "int32") for name in ("sxt8", "sxh8", "srt8", "srh8"))
+    residual_dtype = cfg.residual_dtype or cfg.dtype
+
+    @T.macro
+    def normalise(xf, weight, y, bh, bt, eps):
+        rstd = T.alloc_fragment((BT, BH), f32)
+        wf = T.alloc_fragment((BT, BH, D), f32)
+        _row_rsqrt(xf, rstd, eps, D, cfg.block)
+        _weight_rows(weight, wf, cfg.block, D, cfg.zero_centered)
+        for t, h, j in T.Parallel(BT, BH, D):
+            if bt * BT + t < nt and bh * BH + h < nh:
+                y[bt * BT + t, bh * BH + h, j] = T.cast(xf[t, h, j] * rstd[t, h] * wf[t, h, j], cfg.dtype)
+
+    @T.prim_func
+    def rms_norm(
+        x: _rows_of(cfg.dtype, D, nt, nh, sxt, sxh),
+        weight: T.Tensor((D,), cfg.weight_dtype),
+        y: T.Tensor((nt, nh, D), cfg.dtype),
+        eps: T.float32,
+        x_token_stride8: sxt,
+        x_head_stride8: sxh,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), T.ceildiv(nh, BH), threads=cfg.block.threads) as (bt, bh):
+            xf = T.alloc_fragment((BT, BH, D), f32)
+            _load_rows(x, xf, bt, bh, nt, nh, cfg.block, D)
+            normalise(xf, weight, y, bh, bt, eps)
+
+    @T.prim_func
+    def add_rms_norm(
+        x: _rows_of(cfg.dtype, D, nt, nh, sxt, sxh),
+        residual: _rows_of(residual_dtype, D, nt, nh, srt, srh),
+        weight: T.Tensor((D,), cfg.weight_dtype),
+        y: T.Tensor((nt, nh, D), cfg.dtype),
+        s: T.Tensor((nt, nh, D), cfg.dtype),
+        eps: T.float32,
+        x_token_stride8: sxt,
+        x_head_stride8: sxh,
+        residual_token_stride8: srt,
+        residual_head_stride8: srh,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), T.ceildiv(nh, BH), threads=cfg.block.threads) as (bt, bh):
+            total = T.alloc_fragment((BT, BH, D), cfg.dtype)
+            xf = T.alloc_fragment((BT, BH, D), f32)
+            for t, h, j in T.Parallel(BT, BH, D):
+                tok, head = bt * BT + t, bh * BH + h
+                both = T.cast(x[tok, head, j], f32) + T.cast(residual[tok, head, j], f32)
+                total[t, h, j] = T.if_then_else(tok < nt and head < nh, T.cast(both, cfg.dtype), 0.0)
+            # Two loops: one shared with the fp32 copy would narrow the store to 8 bytes.
+            for t, h, j in T.Parallel(BT, BH, D):
+                if bt * BT + t < nt and bh * BH + h < nh:
+                    s[bt * BT + t, bh * BH + h, j] = total[t, h, j]
+            for t, h, j in T.Parallel(BT, BH, D):
+                xf[t, h, j] = T.cast(total[t, h, j], f32)
+            normalise(xf, weight, y, bh, bt, eps)
+
+    return rms_norm if cfg.residual_dtype is None else add_rms_norm
+
+
+def gated_rms_norm_program(cfg: GatedRmsNormConfig):
+    """The prim_func: grid and rows as `rms_norm_program`; y contiguous [nt, nh, D]."""
+    f32, D, BT, BH = "float32", cfg.dim, cfg.block.block_tokens, cfg.block.block_heads
+    nt, nh = T.dynamic("nt"), T.dynamic("nh")
+    sxt, sxh, szt, szh = (T.dynamic(name, "int32") for name in ("sxt8", "sxh8", "szt8", "szh8"))
+
+    def rounded(value, dtype: str):
+        return value if dtype == f32 else T.cast(T.cast(value, dtype), f32)
+
+    @T.prim_func
+    def gated_rms_norm(
+        x: _rows_of(cfg.dtype, D, nt, nh, sxt, sxh),
+        z: _rows_of(cfg.gate_dtype, D, nt, nh, szt, szh),
+        weight: T.Tensor((D,), cfg.weight_dtype),
+        y: T.Tensor((nt, nh, D), cfg.dtype),
+        eps: T.float32,
+        x_token_stride8: sxt,
+        x_head_stride8: sxh,
+        z_token_stride8: szt,
+        z_head_stride8: szh,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), T.ceildiv(nh, BH), threads=cfg.block.threads) as (bt, bh):
+            xf = T.alloc_fragment((BT, BH, D), f32)
+            rstd = T.alloc_fragment((BT, BH), f32)
+            wf = T.alloc_fragment((BT, BH, D), f32)
+            _load_rows(x, xf, bt, bh, nt, nh, cfg.block, D)
+            _row_rsqrt(xf, rstd, eps, D, cfg.block)
+            _weight_rows(weight, wf, cfg.block, D, False)
+            for t, h, j in T.Parallel(BT, BH, D):
+                tok, head = bt * BT + t, bh * BH + h
+                if tok < nt and head < nh:
+                    normed = rounded(xf[t, h, j] * rstd[t, h], cfg.dtype)
+                    scaled = rounded(wf[t, h, j] * normed, cfg.product_dtype)
+                    gate = T.cast(z[tok, head, j], f32)
+                    y[tok, head, j] = T.cast(scaled * (gate / (1.0 + T.exp(-gate))), cfg.dtype)
+
+    return gated_rms_norm
+
+
+def silu_mul_program(cfg: SiluMulConfig):
+    """The prim_func: grid (tokens / block_tokens, D / block_cols), cfg.threads threads; gate and up
+    [nt, D] with strided rows, out contiguous [nt, D]."""
+    f32, D, BT, BC = "float32", cfg.dim, cfg.block_tokens, cfg.block_cols
+    nt = T.dynamic("nt")
+    sg, su = T.dynamic("sg8", "int32"), T.dynamic("su8", "int32")
+
+    @T.prim_func
+    def silu_mul(
+        gate: T.StridedTensor((nt, D), (sg * ROW_ALIGN, 1), cfg.dtype),
+        up: T.StridedTensor((nt, D), (su * ROW_ALIGN, 1), cfg.dtype),
+        out: T.Tensor((nt, D), cfg.dtype),
+        gate_stride8: sg,
+        up_stride8: su,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), D // BC, threads=cfg.threads) as (bt, bc):
+            for t, j in T.Parallel(BT, BC):
+                tok, col = bt * BT + t, bc * BC + j
+                if tok < nt:
+                    g = T.cast(gate[tok, col], f32)
+                    # torch: silu in fp32 rounded to the dtype, then the product in fp32 rounded again.
+                    activated = T.cast(T.cast(g / (1.0 + T.exp(-g)), cfg.dtype), f32)
+                    out[tok, col] = T.cast(activated * T.cast(up[tok, col], f32), cfg.dtype)
+
+    return silu_mul
+
+
+def _collapsed_stride(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
+    """The one stride between consecutive elements of dims `shape` read as one flat dim (0 when they
+    hold at most one element), or None when they do not collapse."""
+    stride, expected = 0, None
+    for size, step in zip(reversed(shape), reversed(strides)):
+        if size == 1:
+            continue
+        if expected is not None and step != expected:
+            return None
+        stride = step if expected is None else stride
+        expected = step * size
+    return stride
+
+
+def heads_of(*tensors: torch.Tensor) -> int:
+    """How the kernels read rows of [..., D] inputs: 1 when every input's rows are one stride apart,
+    else as [tokens, heads, D] with heads = shape[-2] (a head-split slice of a wider projection)."""
+    if tensors[0].dim() < 3 or all(_collapsed_stride(t.shape[:-1], t.stride()[:-1]) is not None for t in tensors):
+        return 1
+    return tensors[0].shape[-2]
+
+
+def _layout(x: torch.Tensor, heads: int) -> tuple[int, int] | None:
+    """(token stride, head stride) of x [..., D] read as [tokens, heads, D], or None when the kernels
+    cannot read it in place (strides not multiples of ROW_ALIGN, data not 16-byte aligned)."""
+    if x.stride(-1) != 1:
+        return None
+    if heads == 1:
+        token, head = _collapsed_stride(x.shape[:-1], x.stride()[:-1]), 0
+    else:
+        token, head = _collapsed_stride(x.shape[:-2], x.stride()[:-2]), x.stride(-2)
+    if token is None or token % ROW_ALIGN or head % ROW_ALIGN or x.data_ptr() % VECTOR_BYTES:
+        return None
+    return token, head
+
+
+def _as_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, int, int]:
+    """(view [tokens, heads, D], token stride // ROW_ALIGN, head stride // ROW_ALIGN), copying x first
+    only when the kernels cannot read it in place."""
+    layout = _layout(x, heads)
+    if layout is None:
+        x = x.clone(memory_format=torch.contiguous_format)
+        layout = _layout(x, heads)
+    dim = x.shape[-1]
+    token, head = layout
+    view = x.as_strided((x.numel() // (heads * dim), heads, dim), (token, head, 1))
+    return view, token // ROW_ALIGN, head // ROW_ALIGN
+
+
+def _aligned(weight: torch.Tensor) -> torch.Tensor:
+    """weight [D], contiguous and 16-byte aligned (a copy only when it is not)."""
+    if weight.is_contiguous() and weight.data_ptr() % VECTOR_BYTES == 0:
+        return weight
+    return weight.clone(memory_format=torch.contiguous_format)
+
+
+def _norm_rows(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, zero_centered: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y, s): one launch of the RMSNorm kernel, with the residual add when `residual` is given."""
+    heads = heads_of(x, *([] if residual is None else [residual]))
+    cfg = rms_norm_config(
+        x.shape[-1], heads, x.dtype, weight.dtype, None if residual is None else residual.dtype,
+        zero_centered=zero_centered,
+    )
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    s = None if residual is None else torch.empty_like(y)
+    if y.numel() == 0:
+        return y, s
+    arch, _ = build.device_facts(x.device)
+    kernel = build.compiled(rms_norm_program, cfg, arch)
+    rows, *x_strides = _as_rows(x, heads)
+    if residual is None:
+        kernel(rows, _aligned(weight), y.view(rows.shape), float(eps), *x_strides)
+    else:
+        residual_rows, *residual_strides = _as_rows(residual, heads)
+        kernel(
+            rows, residual_rows, _aligned(weight), y.view(rows.shape), s.view(rows.shape), float(eps), *x_strides,
+            *residual_strides,
+        )
+    return y, s
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered: bool = True) -> torch.Tensor:
+    """RMSNorm on CUDA; arguments and result as `qla_agent.kernels.rms_norm`: x [..., D] -> y [..., D]."""
+    return _norm_rows(x, None, weight, eps, zero_centered)[0]
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add + RMSNorm on CUDA in one launch: x, residual [..., D] -> (y, s) [..., D] in x.dtype."""
+    return _norm_rows(x, residual, weight, eps, zero_centered)
+
+
+def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """Gated RMSNorm on CUDA: x, z [..., D] (z may be a head-split slice of a projection), weight [D]
+    -> y [..., D] in x.dtype."""
+    heads = heads_of(x, z)
+    cfg = gated_rms_norm_config(x.shape[-1], heads, x.dtype, z.dtype, weight.dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    arch, _ = build.device_facts(x.device)
+    kernel = build.compiled(gated_rms_norm_program, cfg, arch)
+    (rows, *x_strides), (gates, *z_strides) = _as_rows(x, heads), _as_rows(z, heads)
+    kernel(rows, gates, _aligned(weight), y.view(rows.shape), float(eps), *x_strides, *z_strides)
+    return y
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up on CUDA: gate, up [..., I] (rows may be strided, e.g. the halves of a fused
+    projection) -> out [..., I] in gate.dtype."""
+    dim = gate.shape[-1]
+    cfg = silu_mul_config(dim, gate.dtype)
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
+    if out.numel() == 0:
+        return out
+    arch, _ = build.device_facts(gate.device)
+    kernel = build.compiled(silu_mul_program, cfg, arch)
+    (gates, gate_stride8, _), (ups, up_stride8, _) = _as_rows(gate, 1), _as_rows(up, 1)
+    kernel(gates[:, 0], ups[:, 0], out.view(-1, dim), gate_stride8, up_stride8)
+    return out

@@ -1,0 +1,174 @@
+"""GPU tests of the TileLang norm and SiLU-mul kernels against the torch references.
+
+The references run on the same inputs in the same dtype: the kernels round at the same places, so
+an output may differ from the reference only where the fp32 results (sums of squares added in
+another order) fall on different sides of a rounding boundary: by one unit in the last place, in a
+small fraction of elements. The residual sum s is exact. A second check against the fp64 reference
+bounds the absolute error. The allocator cache is NaN-filled first, so an element never written fails.
+"""
+
+import pytest
+import torch
+
+from qla_agent import kernels
+from qla_agent.kernels import reference_norms
+from tests.kernels.gdn_inputs import rel_err
+
+pytestmark = pytest.mark.gpu
+
+EPS = 1e-6
+DTYPES = [torch.bfloat16, torch.float16]
+ROWS = [1, 63, 8193]
+MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
+# Share of elements allowed one unit in the last place away from the reference.
+ULP_FRACTION = 0.01
+FP64_BOUND = 8e-3
+
+
+def _poison_allocator() -> None:
+    junk = torch.full((256 << 20,), float("nan"), device="cuda")
+    del junk
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.bfloat16, seed: int, scale: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen) * scale).to("cuda", dtype)
+
+
+def assert_within_one_ulp(ref: torch.Tensor, out: torch.Tensor) -> None:
+    """Every element of out is within one unit in the last place of ref, and few differ at all."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    ref64, out64 = ref.double(), out.double()
+    assert torch.isfinite(out64).all(), "out has NaN/inf (unwritten elements?)"
+    tiny = torch.finfo(ref.dtype).tiny
+    ulp = torch.exp2(torch.floor(torch.log2(ref64.abs().clamp_min(tiny))) - MANTISSA_BITS[ref.dtype])
+    diff = (out64 - ref64).abs()
+    assert bool((diff <= ulp).all()), f"max difference {float((diff / ulp).max()):.1f} ulp"
+    differing = float((diff > 0).double().mean())
+    assert differing <= ULP_FRACTION, f"{differing:.2%} of the elements differ from the reference"
+
+
+@pytest.mark.parametrize("dim", [1024, 2560, 4096, 8192], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype) -> None:
+    from qla_agent.kernels.tilelang.norms import rms_norm
+
+    x, w = _randn(rows, dim, dtype=dtype, seed=rows, scale=3.0), _randn(dim, dtype=dtype, seed=dim, scale=0.2)
+    _poison_allocator()
+    out = rms_norm(x, w, eps=EPS)
+    assert_within_one_ulp(reference_norms.rms_norm(x, w, eps=EPS), out)
+    assert rel_err(reference_norms.rms_norm(x.double(), w.double(), eps=EPS), out) < FP64_BOUND
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_plain_rms_norm_matches_reference(weight_dtype: torch.dtype) -> None:
+    from qla_agent.kernels.tilelang.norms import rms_norm
+
+    x, w = _randn(1000, 2048, seed=1), _randn(2048, dtype=weight_dtype, seed=2)
+    _poison_allocator()
+    out = rms_norm(x, w, eps=EPS, zero_centered=False)
+    assert_within_one_ulp(reference_norms.rms_norm(x, w, eps=EPS, zero_centered=False), out)
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_head_norms_on_projection_slices(rows: int, dtype: torch.dtype) -> None:
+    """Attention q/k norms (head_dim 256): q sliced out of [T, 8, 2 * 256] (q and its gate per head), k [T, 2, 256]."""
+    from qla_agent.kernels.tilelang.norms import rms_norm
+
+    q = _randn(rows, 8, 512, dtype=dtype, seed=3)[..., :256]
+    k = _randn(rows, 2, 256, dtype=dtype, seed=4)
+    w = _randn(256, dtype=dtype, seed=5, scale=0.2)
+    for x in (q, k):
+        _poison_allocator()
+        out = rms_norm(x, w, eps=EPS)
+        assert_within_one_ulp(reference_norms.rms_norm(x, w, eps=EPS), out)
+
+
+@pytest.mark.parametrize("dim", [1024, 2560], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("residual_fp32", [False, True], ids=["residual_same", "residual_fp32"])
+def test_add_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype, residual_fp32: bool) -> None:
+    from qla_agent.kernels.tilelang.norms import add_rms_norm
+
+    x = _randn(rows, dim, dtype=dtype, seed=rows)
+    residual = _randn(rows, dim, dtype=torch.float32 if residual_fp32 else dtype, seed=rows + 1, scale=4.0)
+    w = _randn(dim, dtype=dtype, seed=dim, scale=0.2)
+    _poison_allocator()
+    out_y, out_s = add_rms_norm(x, residual, w, eps=EPS)
+    ref_y, ref_s = reference_norms.add_rms_norm(x, residual, w, eps=EPS)
+    assert torch.equal(ref_s, out_s), "s = x + residual rounded once: it must be exact"
+    assert_within_one_ulp(ref_y, out_y)
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32], ids=["w_same", "w_fp32"])
+def test_gated_rms_norm_matches_reference(rows: int, dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
+    """The GDN output norm of the 0.8B model: x [T, 16, 128] and z the columns 6144:8192 of the
+    [T, 8224] input projection, read as [T, 16, 128] without a copy."""
+    from qla_agent.kernels.tilelang.norms import gated_rms_norm
+
+    x = _randn(rows, 16, 128, dtype=dtype, seed=rows)
+    z = _randn(rows, 8224, dtype=dtype, seed=rows + 1, scale=2.0)[:, 6144:8192].view(rows, 16, 128)
+    w = 1 + _randn(128, dtype=weight_dtype or dtype, seed=6, scale=0.2)
+    _poison_allocator()
+    out = gated_rms_norm(x, z, w, eps=EPS)
+    assert_within_one_ulp(reference_norms.gated_rms_norm(x, z, w, eps=EPS), out)
+    assert rel_err(reference_norms.gated_rms_norm(x.double(), z.double(), w.double(), eps=EPS), out) < FP64_BOUND
+
+
+@pytest.mark.parametrize("dim", [3584, 9216], ids=lambda d: f"I{d}")
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "gate_up"])
+def test_silu_mul_matches_reference(dim: int, rows: int, dtype: torch.dtype, fused: bool) -> None:
+    from qla_agent.kernels.tilelang.norms import silu_mul
+
+    gate_up = _randn(rows, 2 * dim, dtype=dtype, seed=rows, scale=3.0)
+    gate, up = gate_up[:, :dim], gate_up[:, dim:]
+    if not fused:
+        gate, up = gate.contiguous(), up.contiguous()
+    _poison_allocator()
+    out = silu_mul(gate, up)
+    assert_within_one_ulp(reference_norms.silu_mul(gate, up), out)
+
+
+def test_public_entry_points_take_the_kernels() -> None:
+    """impl="tilelang" runs every op (QLA_UNVERIFIED_KERNELS=1 is set for GPU tests)."""
+    x, z, w = _randn(5, 1024, seed=7), _randn(5, 1024, seed=8), _randn(1024, seed=9)
+    assert_within_one_ulp(reference_norms.rms_norm(x, w, eps=EPS), kernels.rms_norm(x, w, eps=EPS, impl="tilelang"))
+    out_y, out_s = kernels.add_rms_norm(x, z, w, eps=EPS, impl="tilelang")
+    assert torch.equal(out_s, (x + z))
+    heads_x, heads_z, head_w = x.view(5, 8, 128), z.view(5, 8, 128), w[:128]
+    assert_within_one_ulp(
+        reference_norms.gated_rms_norm(heads_x, heads_z, head_w, eps=EPS),
+        kernels.gated_rms_norm(heads_x, heads_z, head_w, eps=EPS, impl="tilelang"),
+    )
+    assert_within_one_ulp(reference_norms.silu_mul(x, z), kernels.silu_and_mul(torch.cat([x, z], -1), impl="tilelang"))
+
+
+def test_kernels_replay_in_a_cuda_graph() -> None:
+    """No host syncs: a captured add_rms_norm + gated norm + silu_mul replays on new input values."""
+    from qla_agent.kernels.tilelang import norms
+
+    x, residual, w = _randn(300, 1024, seed=10), _randn(300, 1024, seed=11), _randn(1024, seed=12)
+    core, z, head_w = _randn(300, 16, 128, seed=13), _randn(300, 16, 128, seed=14), _randn(128, seed=15)
+
+    def step() -> tuple[torch.Tensor, ...]:
+        y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
+        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s)
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    for tensor, seed in ((x, 16), (residual, 17), (core, 18), (z, 19)):
+        tensor.copy_(_randn(*tensor.shape, seed=seed))
+    graph.replay()
+    torch.cuda.synchronize()
+    for out, ref in zip(outputs, step()):
+        assert torch.equal(out, ref)
