@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 class DecoderLayer(nn.Module):
-    """x + mixer(norm(x)), then + ffn(norm(.)); the mixer is `linear_attn` (GDN) or `self_attn`."""
+    """x + mixer(norm(x)), then + ffn(norm(.)); the mixer is `linear_attn` (GDN) or `self_attn`.
+
+    HybridModel runs the residual stream itself so each add is fused into the norm after it.
+    """
 
     def __init__(self, config: ModelConfig, layer: int, *, dtype: torch.dtype | None = None, device=None) -> None:
         super().__init__()
@@ -35,9 +38,6 @@ class DecoderLayer(nn.Module):
             self.self_attn = GatedAttention(config, dtype=dtype, device=device)
         self.mlp = make_ffn(config, layer, dtype=dtype, device=device)
 
-    def ffn(self, x: Tensor) -> Tensor:
-        """Residual FFN half of the block: x [T, H] -> [T, H]."""
-        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class HybridModel(nn.Module):
@@ -91,9 +91,26 @@ class HybridModel(nn.Module):
             policy=policy,
         )
 
-    def _logits(self, h: Tensor) -> Tensor:
+    def _layers(self, x: Tensor, mixer: Callable[[int, DecoderLayer, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """The decoder stack on embeddings x [T, H] -> (delta, residual): the hidden state is their sum.
+
+        Each block adds its mixer's and its FFN's outputs to the residual stream inside the norm that
+        follows (one fused kernel); the last FFN output stays unadded for `_logits`.
+        """
+        delta, residual = x, None
+        for i, layer in enumerate(self.layers):
+            if residual is None:
+                h, residual = layer.input_layernorm(delta), delta
+            else:
+                h, residual = layer.input_layernorm.add(delta, residual)
+            h, residual = layer.post_attention_layernorm.add(mixer(i, layer, h), residual)
+            delta = layer.mlp(h)
+        return delta, residual
+
+    def _logits(self, delta: Tensor, residual: Tensor) -> Tensor:
+        """fp32 logits of the hidden states delta + residual [T, H]."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(self.norm(h), weight).float()
+        return F.linear(self.norm.add(delta, residual)[0], weight).float()
 
     def _check_ids(self, input_ids: Tensor, what: str) -> Tensor:
         if input_ids.dim() != 1 or input_ids.numel() == 0:
@@ -107,17 +124,18 @@ class HybridModel(nn.Module):
         ids = self._check_ids(input_ids, "prefill")
         n = ids.shape[0]
         positions = torch.arange(state.n_tokens, state.n_tokens + n, device=self.device)
-        x = self.embed_tokens(ids)
-        for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
+        def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
-                h = layer.linear_attn.prefill(h, state.recurrent[s], state.conv[s])
-            else:
-                h = layer.self_attn.prefill(h, state.kv[s], positions)
-            x = layer.ffn(x + h)
+                return layer.linear_attn.prefill(h, state.recurrent[s], state.conv[s])
+            return layer.self_attn.prefill(h, state.kv[s], positions)
+
+        delta, residual = self._layers(self.embed_tokens(ids), mixer)
         state.n_tokens += n
-        return self._logits(x) if all_logits else self._logits(x[-1:])[0]
+        if not all_logits:
+            delta, residual = delta[-1:], residual[-1:]
+        logits = self._logits(delta, residual)
+        return logits if all_logits else logits[0]
 
     @torch.no_grad()
     def decode(self, input_ids: Tensor, states: Sequence[SessionState]) -> Tensor:
@@ -130,18 +148,16 @@ class HybridModel(nn.Module):
             raise ValueError("decode got the same session state twice; each session decodes one token per step")
         positions = torch.tensor([s.n_tokens for s in states], device=self.device)
         slots = torch.arange(len(states), device=self.device)
-        x = self.embed_tokens(ids)
-        for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
+        def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
-                h = self._decode_gdn(layer.linear_attn, h, states, s, slots)
-            else:
-                h = layer.self_attn.decode(h, [st.kv[s] for st in states], positions)
-            x = layer.ffn(x + h)
+                return self._decode_gdn(layer.linear_attn, h, states, s, slots)
+            return layer.self_attn.decode(h, [st.kv[s] for st in states], positions)
+
+        logits = self._logits(*self._layers(self.embed_tokens(ids), mixer))
         for st in states:
             st.n_tokens += 1
-        return self._logits(x)
+        return logits
 
     @staticmethod
     def _decode_gdn(gdn: GatedDeltaNet, h: Tensor, states: Sequence[SessionState], s: int, slots: Tensor) -> Tensor:

@@ -1,16 +1,15 @@
-"""RMSNorms of the hybrid Qwen models: zero-centred (weight stores w - 1) and the GDN output's gated one."""
+"""RMSNorms of the hybrid Qwen models: zero-centred (weight stores w - 1) and the GDN output's gated one.
+
+The math (fp32 inside, transformers' rounding) is `qla_agent.kernels.reference_norms`; these modules hold
+the weights and call the fused kernels.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _rms(x: Tensor, eps: float) -> Tensor:
-    """x * rsqrt(mean(x²) + eps) in fp32."""
-    x = x.float()
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+from qla_agent import kernels
 
 
 class ZeroCenteredRMSNorm(nn.Module):
@@ -22,7 +21,11 @@ class ZeroCenteredRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim, dtype=dtype, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        return (_rms(x, self.eps) * (1.0 + self.weight.float())).to(x.dtype)
+        return kernels.rms_norm(x, self.weight, eps=self.eps)
+
+    def add(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(s), s) with s = x + residual in x.dtype: the residual add fused into the norm."""
+        return kernels.add_rms_norm(x, residual, self.weight, eps=self.eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -34,6 +37,4 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        # Matches transformers' rounding: normalise in fp32, scale in x.dtype, gate in fp32.
-        y = self.weight * _rms(x, self.eps).to(x.dtype)
-        return (y * F.silu(z.float())).to(x.dtype)
+        return kernels.gated_rms_norm(x, z, self.weight, eps=self.eps)
