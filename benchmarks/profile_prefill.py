@@ -1,6 +1,6 @@
 """Where one model prefill (or one batch-1 decode step) spends its time: torch profiler tables.
 
-    python -m benchmarks.profile_prefill --shape 0.8b --tokens 8192 [--decode]
+    python -m benchmarks.profile_prefill --shape 0.8b --tokens 8192 [--decode | --append 256]
 
 Prints the top CUDA kernels by device time, then (for decode, which is host-bound) the top ops by
 host time, and the wall time of the profiled call.
@@ -24,17 +24,22 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="0.8b")
     parser.add_argument("--tokens", type=int, default=8192, help="prompt length (the decode's history with --decode)")
     parser.add_argument("--decode", action="store_true", help="profile one batch-1 decode step instead")
+    parser.add_argument("--append", type=int, default=0, help="profile appending this many tokens to the session")
     parser.add_argument("--rows", type=int, default=20)
     args = parser.parse_args()
     model = HybridModel(ModelConfig.from_dict(text_config(args.shape)), dtype=torch.bfloat16, device="cuda")
     random_init_(model)
     ids = torch.randint(0, 240000, (args.tokens,), device="cuda")
     with torch.inference_mode():
-        if args.decode:
+        if args.decode or args.append:
             state = model.new_state()
             model.prefill(ids, state)
+        if args.decode:
             token = ids[:1]
             run = lambda: model.decode(token, [state])  # noqa: E731
+        elif args.append:
+            new_ids = ids[: args.append]
+            run = lambda: model.prefill(new_ids, state.clone())  # noqa: E731
         else:
             run = lambda: model.prefill(ids, model.new_state())  # noqa: E731
         run()
@@ -48,9 +53,10 @@ def main() -> None:
         wall_ms = (time.perf_counter() - started) * 1e3
     table = prof.key_averages()
     print(table.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
-    if args.decode:
+    if args.decode or args.append:
         print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
-    print(f"{'decode step' if args.decode else f'prefill {args.tokens}'}: {wall_ms:.2f} ms wall (unprofiled)")
+    what = "decode step" if args.decode else f"append {args.append} (incl. state clone)" if args.append else "prefill"
+    print(f"{what} after {args.tokens} tokens: {wall_ms:.2f} ms wall (unprofiled)")
 
 
 if __name__ == "__main__":
