@@ -5,7 +5,9 @@
 
 Runs anywhere (no GPU): the inputs are CPU (or meta) tensors shaped as the runtime's GDN layer
 passes them (qla_agent/runtime/layers/gdn.py: q/k/v column slices of the conv output, raw gates a/b
-slices of the fused projection, fp32 A_log/dt_bias, fp32 initial state, final state out, L2 norm),
+the halves of the [T, 2 Hv] projection, fp32 A_log/dt_bias, fp32 initial state, final state out, L2
+norm; "layer views", read in place) or compact ("contiguous") or in layouts the kernels cannot read
+("copied views": the launcher copies q, k, v, a and b, as it did for every call before strided rows),
 the device is declared an H100 (sm_90a, 132 SMs) and every compiled kernel is a no-op callable, so
 what is timed is the Python path alone. Stages:
 
@@ -16,13 +18,13 @@ what is timed is the Python path alone. Stages:
   public      checks + argument dict + dispatch + launcher (what one layer pays before the GPU
               sees a kernel, plus the kernel calls below)
   tilelang    one kernel call: TileLang's JITKernel wrapper (tvm_ffi adapter) around an FFI entry
-              that does nothing, vs that FFI entry called directly (build.entry); 12 arguments as
+              that does nothing, vs that FFI entry called directly (build.entry); 15 arguments as
               chunk_scan's. Skipped without nvcc (the stand-in kernel is compiled for sm_90a).
 
 Each number is the best of 5 rounds of `--repeats` calls, in microseconds per call. CPU allocations
 are kept off mmap (glibc mallopt), as the CUDA caching allocator makes no system call either; the
-copies of strided inputs ("layer views") are real CPU copies, so those rows grow with T where on a
-GPU each copy is one launch.
+launcher's copies ("copied views") are real CPU copies, so those rows grow with T where on a GPU each
+copy is one launch (~4 us of host time on the H100 machine).
 """
 
 import argparse
@@ -61,14 +63,22 @@ def per_call_us(fn: Callable[[], object], repeats: int) -> float:
     return 1e6 * min(timeit.repeat(fn, number=repeats, repeat=5)) / repeats
 
 
-def layer_inputs(tokens: int, value_heads: int, device: torch.device) -> dict:
-    """gdn_prefill arguments as the runtime's GDN layer builds them (strided views of fused buffers)."""
+def layer_inputs(tokens: int, value_heads: int, device: torch.device, *, row_pad: int = 0) -> dict:
+    """gdn_prefill arguments exactly as the runtime's GDN prefill builds them: q, k, v column slices of
+    the conv output u [T, conv_dim], raw gates a, b the two halves of the [T, 2 Hv] projection.
+
+    row_pad > 0 widens u's rows by that many elements and puts q, k, v after them, and stores the gates
+    column-major: layouts the kernels cannot read in place, so the launcher copies all five (what every
+    call paid before the kernels took strided rows).
+    """
     hk, hv, d = KEY_HEADS, value_heads, HEAD_DIM
     conv_dim = (2 * hk + hv) * d
-    u = torch.zeros(1, tokens, conv_dim, dtype=torch.bfloat16, device=device)
-    proj = torch.zeros(tokens, conv_dim + hv * d + 2 * hv, dtype=torch.bfloat16, device=device)
-    q, k, v = u[0].split([hk * d, hk * d, hv * d], dim=-1)
-    b, a = proj[:, -2 * hv : -hv], proj[:, -hv:]
+    u = torch.zeros(tokens, row_pad + conv_dim, dtype=torch.bfloat16, device=device)[:, row_pad:]
+    ba = torch.zeros(tokens, 2 * hv, dtype=torch.bfloat16, device=device)
+    if row_pad:
+        ba = torch.zeros(2 * hv, tokens, dtype=torch.bfloat16, device=device).T
+    q, k, v = u.split([hk * d, hk * d, hv * d], dim=-1)
+    b, a = ba.chunk(2, dim=-1)
     return dict(
         q=q.unflatten(-1, (hk, d))[None], k=k.unflatten(-1, (hk, d))[None], v=v.unflatten(-1, (hv, d))[None],
         g=a[None], beta=b[None], scale=d**-0.5,
@@ -146,7 +156,7 @@ def stage_times(x: dict, repeats: int) -> dict[str, float]:
 
 
 def _stand_in_program():
-    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 2 int scalars)."""
+    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 5 int scalars)."""
     import tilelang.language as T
 
     n = T.dynamic("n")
@@ -157,7 +167,8 @@ def _stand_in_program():
         q: T.Tensor((n, 16, 128), f32), k: T.Tensor((n, 16, 128), f32), v: T.Tensor((n, 16, 128), f32),
         t: T.Tensor((n, 16, 64), f32), p: T.Tensor((n, 16, 64), f32), w: T.Tensor((n, 16, 4), f32),
         h0: T.Tensor((1, 16, 128, 128), f32), cu: T.Tensor((2,), "int32"), o: T.Tensor((n, 16, 128), f32),
-        ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32,
+        ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32, q_stride8: T.int32,
+        k_stride8: T.int32, v_stride8: T.int32,
     ):
         with T.Kernel(1, threads=32):
             o[0, 0, 0] = q[0, 0, 0]
@@ -177,6 +188,7 @@ def tilelang_call_times(repeats: int) -> dict[str, float] | None:
     kernel = tilelang.compile(_stand_in_program(), target={"kind": "cuda", "arch": "sm_90a"})
     args = [torch.zeros(s) for s in ((16, 16, 128),) * 3 + ((16, 16, 64),) * 2 + ((16, 16, 4), (1, 16, 128, 128))]
     args += [torch.zeros(2, dtype=torch.int32), torch.zeros(16, 16, 128), torch.zeros(1, 16, 128, 128), 16, 1]
+    args += [256, 256, 256]
     entry = build.entry(kernel)
     assert entry is not kernel, "build.entry must unwrap a tvm_ffi kernel"
     nop = tvm_ffi.get_global_func("testing.nop")
@@ -205,7 +217,11 @@ def main() -> None:
         for hv in args.value_heads:
             for tokens in args.tokens:
                 strided = layer_inputs(tokens, hv, device)
-                for layout, x in (("layer views", strided), ("contiguous", contiguous_inputs(strided))):
+                layouts = (
+                    ("layer views", strided), ("contiguous", contiguous_inputs(strided)),
+                    ("copied views", layer_inputs(tokens, hv, device, row_pad=4)),
+                )
+                for layout, x in layouts:
                     t = stage_times(x, args.repeats)
                     print(f"| T={tokens} {KEY_HEADS}/{hv} {layout} | {t['checks']:.1f} | {t['dispatch']:.1f} | "
                           f"{t['launcher']:.1f} | {t['public']:.1f} |")

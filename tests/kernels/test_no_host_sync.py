@@ -78,6 +78,27 @@ def test_prefill_launcher_reads_no_values(fake_kernels) -> None:
     assert fake_kernels["chunk_scan"].calls[-1]["n_seqs"] == 3
 
 
+def test_prefill_launcher_reads_no_values_in_the_runtime_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's slices (q, k, v of the conv output, a, b of the gate projection): the launcher's
+    layout decision reads shapes, strides and data pointers only, and copies nothing."""
+    from qla_agent.kernels.tilelang import build
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    calls = []
+    monkeypatch.setattr(build, "compiled", lambda program, config, arch: lambda *args: calls.append(args))
+    monkeypatch.setattr(build, "device_facts", lambda device: ("sm_90a", 132))
+    x = _prefill_args(total=700, num_seqs=3)
+    u = torch.empty(1, 700, (2 * HK + HV) * D, device=META, dtype=torch.bfloat16)
+    ba = torch.empty(1, 700, 2 * HV, device=META, dtype=torch.bfloat16)
+    q, k, v = u.split([HK * D, HK * D, HV * D], dim=-1)
+    x.update(q=q.unflatten(-1, (HK, D)), k=k.unflatten(-1, (HK, D)), v=v.unflatten(-1, (HV, D)))
+    x.update(g=ba[..., HV:], beta=ba[..., :HV])
+    gdn_prefill(**x, use_qk_l2norm=True)
+    (prep, scan) = calls
+    assert prep[0].data_ptr() == x["q"].data_ptr() and prep[3].data_ptr() == x["beta"].data_ptr()
+    assert scan[2].data_ptr() == x["v"].data_ptr()
+
+
 def test_decode_launcher_reads_no_values(fake_kernels) -> None:
     from qla_agent.kernels.tilelang import _decode_reason
     from qla_agent.kernels.tilelang.decode import gdn_decode

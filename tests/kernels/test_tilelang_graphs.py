@@ -73,12 +73,13 @@ def test_varlen_prefill_replays_in_cuda_graph() -> None:
 
 
 def _layer_buffers(tokens: int, hk: int, hv: int, seed: int) -> dict[str, torch.Tensor]:
-    """The GDN layer's fused buffers: conv output u [T, (2Hk+Hv)*128], projection rows ending in b, a; state."""
+    """The GDN layer's prefill buffers: conv output u [T, (2Hk+Hv)*128], gate projection ba [T, 2Hv]
+    (b then a), state."""
     gen = torch.Generator().manual_seed(seed)
     conv_dim = (2 * hk + hv) * 128
     return {
         "u": torch.randn(tokens, conv_dim, generator=gen).to("cuda", torch.bfloat16),
-        "proj": torch.randn(tokens, conv_dim + hv * 128 + 2 * hv, generator=gen).to("cuda", torch.bfloat16),
+        "ba": torch.randn(tokens, 2 * hv, generator=gen).to("cuda", torch.bfloat16),
         "state": (torch.randn(hv, 128, 128, generator=gen) / 12).to("cuda"),
         "A_log": torch.rand(hv, generator=gen).to("cuda"),
         "dt_bias": torch.randn(hv, generator=gen).to("cuda"),
@@ -86,13 +87,14 @@ def _layer_buffers(tokens: int, hk: int, hv: int, seed: int) -> dict[str, torch.
 
 
 def _layer_append(x: dict[str, torch.Tensor], hk: int, hv: int, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prefill call of qla_agent/runtime/layers/gdn.py: strided q/k/v and raw gates, state in and out."""
+    """The prefill call of qla_agent/runtime/layers/gdn.py: q/k/v and raw gates a/b are column slices
+    (read in place by the TileLang kernels), state in and out."""
     q, k, v = x["u"].split([hk * 128, hk * 128, hv * 128], dim=-1)
+    b, a = x["ba"].chunk(2, dim=-1)
     return kernels.gdn_prefill(
         q.unflatten(-1, (hk, 128))[None], k.unflatten(-1, (hk, 128))[None], v.unflatten(-1, (hv, 128))[None],
-        x["proj"][None, :, -hv:], x["proj"][None, :, -2 * hv : -hv], scale=128**-0.5,
-        initial_state=x["state"][None], output_final_state=True, use_qk_l2norm=True, A_log=x["A_log"],
-        dt_bias=x["dt_bias"], impl=impl,
+        a[None], b[None], scale=128**-0.5, initial_state=x["state"][None], output_final_state=True,
+        use_qk_l2norm=True, A_log=x["A_log"], dt_bias=x["dt_bias"], impl=impl,
     )
 
 

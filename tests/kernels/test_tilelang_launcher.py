@@ -1,10 +1,12 @@
 """CPU check of the TileLang prefill launcher: every tensor it passes matches the kernel's signature.
 
 The kernels cannot run without a GPU, so each compiled kernel is replaced by a stand-in that checks
-the call against the real prim_func (parameter order, ranks, dtypes, constant dims, and one
-consistent value per symbolic dim) and records it. Kernel numerics are tested on the GPU. Also here:
-strided inputs are copied and compact ones viewed, one launch plan per call signature, and the FFI
-entry the launcher calls instead of TileLang's Python wrapper.
+the call against the real prim_func (parameter order, ranks, dtypes, constant dims, one consistent
+value per symbolic dim, and strides: q, k, v, g and beta are strided buffers whose token strides
+come in as scalar arguments) and records it. Kernel numerics are tested on the GPU. Also here: the
+runtime's layout (column slices of the conv output and of the gate projection) reaches the kernels
+without copies, layouts the kernels cannot read are copied, one launch plan per call signature, and
+the FFI entry the launcher calls instead of TileLang's Python wrapper.
 """
 
 import shutil
@@ -12,7 +14,47 @@ import shutil
 import pytest
 import torch
 
+from tests.kernels.tilelang_fakes import SignatureCheck
+
 pytest.importorskip("tilelang")
+
+
+class StridedSignatureCheck(SignatureCheck):
+    """SignatureCheck for kernels with strided buffers: each tensor's strides must equal its buffer's
+    stride expressions with the call's scalars and dims substituted (dims of size 1 have no stride);
+    then the rest is checked as for compact tensors, and the call recorded with the tensors passed."""
+
+    def __call__(self, *args: object) -> None:
+        from tilelang import tvm
+
+        params = list(self.prim_func.params)
+        values = {p: tvm.tirx.IntImm("int32", a) for p, a in zip(params, args) if isinstance(a, int)}
+        buffers = [(self.prim_func.buffer_map.get(p), a) for p, a in zip(params, args)]
+        for buffer, arg in buffers:
+            for dim, size in zip(buffer.shape if buffer is not None else (), arg.shape if buffer else ()):
+                if isinstance(dim, tvm.tirx.Var):
+                    values[dim] = tvm.tirx.IntImm("int32", size)
+        analyzer = tvm.arith.Analyzer()
+        for buffer, arg in buffers:
+            if buffer is None:
+                continue
+            for axis, (stride, size) in enumerate(zip(buffer.strides, arg.shape)):
+                expected = int(analyzer.simplify(tvm.tirx.stmt_functor.substitute(stride, values)))
+                assert size == 1 or arg.stride(axis) == expected, (
+                    f"{buffer.name}: stride {axis} is {arg.stride(axis)}, the kernel reads {stride} = {expected}"
+                )
+        super().__call__(*(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args))
+        self.calls[-1] = dict(zip(self.calls[-1], args))
+
+
+@pytest.fixture
+def fake_kernels(fake_kernels: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, StridedSignatureCheck]:
+    """conftest's stand-in kernels, each a StridedSignatureCheck (conftest's compiled() builds its checks
+    from the name patched here)."""
+    from tests.kernels import conftest
+
+    monkeypatch.setattr(conftest, "SignatureCheck", StridedSignatureCheck)
+    return fake_kernels
 
 
 def _inputs(lens: tuple[int, ...] | None, batch: int, seqlen: int, hk: int, hv: int, raw: bool) -> dict:
@@ -50,27 +92,107 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     assert scan["ht"].data_ptr() == ht.data_ptr()
 
 
-def _layer_views(seqlen: int, hk: int, hv: int) -> dict:
-    """Inputs as the runtime's GDN layer passes them: q/k/v and the raw gates are strided column slices."""
-    u = torch.randn(1, seqlen, (2 * hk + hv) * 128).bfloat16()
-    proj = torch.randn(1, seqlen, 2 * hv + 8).bfloat16()
+def _layer_views(seqlen: int, hk: int, hv: int, batch: int = 1) -> dict:
+    """Inputs as the runtime's GDN prefill passes them (qla_agent/runtime/layers/gdn.py): q, k, v column
+    slices of the conv output u [T, (2 Hk + Hv) 128], raw gates a, b the halves of the [T, 2 Hv] projection."""
+    u = torch.randn(batch, seqlen, (2 * hk + hv) * 128).bfloat16()
+    ba = torch.randn(batch, seqlen, 2 * hv).bfloat16()
     q, k, v = u.split([hk * 128, hk * 128, hv * 128], dim=-1)
+    b, a = ba.chunk(2, dim=-1)
     return dict(
         q=q.unflatten(-1, (hk, 128)), k=k.unflatten(-1, (hk, 128)), v=v.unflatten(-1, (hv, 128)),
-        g=proj[..., :hv], beta=proj[..., hv : 2 * hv], initial_state=torch.randn(1, hv, 128, 128),
-        A_log=torch.randn(hv), dt_bias=torch.randn(hv),
+        g=a, beta=b, initial_state=torch.randn(batch, hv, 128, 128), A_log=torch.randn(hv), dt_bias=torch.randn(hv),
     )
 
 
-def test_launcher_copies_only_strided_inputs(fake_kernels) -> None:
-    """Strided views reach the kernels as compact copies with the same values; compact inputs as views."""
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen: bool) -> None:
+    """q, k, v and the raw gates go in as the caller's memory, with their token strides as arguments."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    hk, hv = 2, 4
+    x = _layer_views(seqlen=70, hk=hk, hv=hv)
+    if varlen:
+        x["cu_seqlens"] = torch.tensor([0, 5, 70], dtype=torch.int32)
+        x["initial_state"] = torch.randn(2, hv, 128, 128)
+    gdn_prefill(**x, use_qk_l2norm=True)
+    prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
+    for name, call in (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("q", scan), ("k", scan), ("v", scan)):
+        assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
+    conv_dim = (2 * hk + hv) * 128
+    assert prep["q_stride8"] == prep["k_stride8"] == scan["v_stride8"] == conv_dim // 8
+    assert prep["g_stride"] == prep["beta_stride"] == 2 * hv
+
+
+def _padded_rows(seqlen: int) -> torch.Tensor:
+    """q-like [1, T, 2, 128] whose token stride (2 x 128 + 4) is not a multiple of 8."""
+    return torch.randn(seqlen, 2 * 128 + 4).bfloat16()[:, 4:].unflatten(-1, (2, 128))[None]
+
+
+IN_PLACE = [
+    pytest.param(lambda: _layer_views(9, 2, 4)["k"], 8 * 128, id="conv_output_slice"),
+    pytest.param(lambda: torch.randn(2, 9, 2, 128).bfloat16(), 2 * 128, id="contiguous_B2"),
+    pytest.param(lambda: _layer_views(9, 2, 4, batch=3)["v"], 8 * 128, id="conv_output_slice_B3"),
+    pytest.param(lambda: torch.randn(1, 2 * 128 + 4).bfloat16()[:, :256].view(1, 1, 2, 128), None, id="one_token"),
+    pytest.param(lambda: torch.randn(3, 8, 2, 128).bfloat16()[:, 3:4], 8 * 2 * 128, id="T1_B3"),
+]
+COPIED = [
+    pytest.param(lambda: _padded_rows(9), id="token_stride_not_multiple_of_8"),
+    pytest.param(lambda: torch.randn(9, 3 * 128 + 8).bfloat16()[:, 4:260].unflatten(-1, (2, 128))[None],
+                 id="start_not_16_byte_aligned"),
+    pytest.param(lambda: torch.randn(1, 9, 2, 256).bfloat16()[..., :128], id="head_stride_256"),
+    pytest.param(lambda: torch.randn(2, 12, 2, 128).bfloat16()[:, :9], id="batch_and_tokens_do_not_collapse"),
+    pytest.param(lambda: torch.randn(1, 9, 128, 2).bfloat16().transpose(2, 3), id="columns_strided"),
+]
+
+
+@pytest.mark.parametrize("make,stride", IN_PLACE)
+def test_token_rows_views_readable_layouts(make, stride: int | None) -> None:
+    from qla_agent.kernels.tilelang.prefill import token_rows
+
+    x = make()
+    rows, stride8 = token_rows(x)
+    assert rows.data_ptr() == x.data_ptr() and rows.shape == (x.shape[0] * x.shape[1], *x.shape[2:])
+    assert torch.equal(rows.unflatten(0, x.shape[:2]), x)
+    if stride is not None:
+        assert stride8 * 8 == rows.stride(0) == stride
+
+
+@pytest.mark.parametrize("make", COPIED)
+def test_token_rows_copies_other_layouts(make) -> None:
+    from qla_agent.kernels.tilelang.prefill import token_rows
+
+    x = make()
+    rows, stride8 = token_rows(x)
+    assert rows.data_ptr() != x.data_ptr() and rows.is_contiguous() and stride8 * 8 == rows.stride(0)
+    assert torch.equal(rows.view(x.shape), x)
+
+
+def test_gate_rows_views_column_slices_and_copies_the_rest() -> None:
+    from qla_agent.kernels.tilelang.prefill import gate_rows
+
+    ba = torch.randn(2, 7, 8)
+    for gates, stride in ((ba[..., 4:], 8), (ba[:1, :, :4], 8), (ba[:, :1, 4:], 7 * 8), (ba[..., 3:4], 8)):
+        rows, token = gate_rows(gates)
+        assert rows.data_ptr() == gates.data_ptr() and token == rows.stride(0) == stride
+        assert torch.equal(rows.unflatten(0, gates.shape[:2]), gates)
+    for gates in (ba.transpose(1, 2)[:, :4], ba[:, :5, :4]):
+        rows, token = gate_rows(gates)
+        assert rows.data_ptr() != gates.data_ptr() and rows.is_contiguous() and token == rows.stride(0)
+        assert torch.equal(rows.view(gates.shape), gates)
+
+
+def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
+    """A layout outside the kernels' reach reaches them as a compact copy with the same values."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     x = _layer_views(seqlen=70, hk=2, hv=4)
+    x["q"], x["g"] = _padded_rows(70), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
     gdn_prefill(**x, use_qk_l2norm=True)
-    prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
-    assert torch.equal(prep["q"], x["q"][0]) and torch.equal(scan["v"], x["v"][0])
-    assert torch.equal(prep["g"], x["g"][0]) and torch.equal(prep["beta"], x["beta"][0])
+    prep = fake_kernels["chunk_prep"].calls[-1]
+    assert prep["q"].data_ptr() != x["q"].data_ptr() and torch.equal(prep["q"], x["q"][0])
+    assert prep["g"].data_ptr() != x["g"].data_ptr() and torch.equal(prep["g"], x["g"][0])
+    assert prep["k"].data_ptr() == x["k"].data_ptr() and prep["q_stride8"] == 2 * 128 // 8
     compact = {n: t.contiguous() for n, t in x.items()}
     gdn_prefill(**compact, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]

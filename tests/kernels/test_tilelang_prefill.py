@@ -33,12 +33,14 @@ class PrefillCase:
     raw_gates: bool = False
     store_ht: bool = True
     dtype: torch.dtype = torch.bfloat16
+    gate_dtype: torch.dtype = torch.float32
 
     @property
     def id(self) -> str:
         parts = [self.shape.id, f"lens{'_'.join(map(str, self.lens))}" if self.lens else "dense"]
         parts += [name for name, on in (("h0", self.h0), ("l2", self.l2norm), ("raw", self.raw_gates)) if on]
         parts += [] if self.store_ht else ["noht"]
+        parts += [] if self.gate_dtype == torch.float32 else [f"gates_{str(self.gate_dtype).removeprefix('torch.')}"]
         return "-".join(parts + [str(self.dtype).removeprefix("torch.")])
 
 
@@ -64,7 +66,7 @@ def _poison_allocator(device: torch.device) -> None:
 
 
 def _inputs(case: PrefillCase, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
-    """Inputs in the kernel dtype (q, k, v) and fp32 (gates, state); g/beta raw when raw_gates."""
+    """Inputs in the kernel dtype (q, k, v), case.gate_dtype (gates) and fp32 (state); g/beta raw when raw_gates."""
     num_states = len(case.lens) if case.lens else case.shape.B
     x = gdn_inputs(case.shape, seed=seed, with_state=case.h0, num_states=num_states)
     if case.l2norm:
@@ -85,6 +87,7 @@ def _inputs(case: PrefillCase, device: torch.device, seed: int) -> dict[str, tor
         out["beta"] = torch.randn(out["beta"].shape, generator=gen).to(device)
     if case.lens:
         out["cu_seqlens"] = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], device=device)
+    out["g"], out["beta"] = out["g"].to(case.gate_dtype), out["beta"].to(case.gate_dtype)
     return out
 
 
@@ -172,6 +175,83 @@ def test_dispatch_uses_tilelang() -> None:
     assert rel_err(ref_o, out_o) < 2e-2
 
 
+def runtime_layout(x: dict[str, torch.Tensor], pad: int = 0) -> dict[str, torch.Tensor]:
+    """x with q, k, v as column slices of one conv output u [B, T, pad + (2 Hk + Hv) 128] and the gates as
+    the halves of one [B, T, 2 Hv] projection (b first), as qla_agent/runtime/layers/gdn.py passes them.
+
+    pad > 0 puts NaN columns before q, and stores the projection column-major: with a pad that is not a
+    multiple of 8 the kernels cannot read the rows in place and the launcher copies them.
+    """
+    q, k, v = x["q"], x["k"], x["v"]
+    hk, hv = q.shape[2], v.shape[2]
+    packed = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1)
+    u = torch.full((*packed.shape[:2], pad + packed.shape[2]), float("nan"), dtype=q.dtype, device=q.device)
+    u[..., pad:] = packed
+    qs, ks, vs = u[..., pad:].split([hk * 128, hk * 128, hv * 128], dim=-1)
+    ba = torch.cat([x["beta"], x["g"]], dim=-1)
+    if pad:
+        ba = ba.transpose(1, 2).contiguous().transpose(1, 2)
+    b, a = ba.chunk(2, dim=-1)
+    views = dict(q=qs.unflatten(-1, (hk, 128)), k=ks.unflatten(-1, (hk, 128)), v=vs.unflatten(-1, (hv, 128)), g=a, beta=b)
+    return {**x, **views}
+
+
+# Configs shared with CASES (compiled once), plus the runtime's 16/16 layer with bf16 raw gates.
+RUNTIME = PrefillCase(_shape(1, 100, 16, 16), l2norm=True, raw_gates=True, gate_dtype=torch.bfloat16)
+LAYOUT_CASES = [
+    PrefillCase(_shape(1, 1, 2, 2)),
+    PrefillCase(_shape(2, 63, 2, 4), l2norm=True),
+    PrefillCase(_shape(1, 1000, 1, 4), h0=False, l2norm=True, raw_gates=True),
+    PrefillCase(_shape(1, 493, 2, 4), lens=(1, 63, 64, 65, 300), l2norm=True),
+    RUNTIME,
+]
+
+
+@pytest.mark.parametrize("pad", [0, 4], ids=["in_place", "copied"])
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=[c.id for c in LAYOUT_CASES])
+def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int) -> None:
+    """Strided q/k/v/gates give the compact inputs' results bit for bit, and the reference's to bf16 rounding."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    device = torch.device("cuda")
+    x = _inputs(case, device, seed=len(case.id))
+    strided = runtime_layout(x, pad)
+    names = ("q", "k", "v", "g", "beta")
+    fp64 = {name: t.double() for name, t in x.items() if t.is_floating_point()}
+    ref_o, ref_ht = reference.gdn_chunked(*(fp64[n] for n in names), **_kwargs(case, {**x, **fp64}))
+    compact_o, compact_ht = gdn_prefill(*(x[n] for n in names), **_kwargs(case, x))
+    out_o = torch.full_like(x["v"], float("nan"))
+    out_ht = torch.full_like(ref_ht, float("nan"), dtype=torch.float32)
+    _poison_allocator(device)
+    o, ht = gdn_prefill(*(strided[n] for n in names), out=out_o, final_state_out=out_ht, **_kwargs(case, x))
+    torch.cuda.synchronize()
+    assert rel_err(ref_o, o) <= FALLBACK_BOUND and rel_err(ref_ht, ht) <= FALLBACK_BOUND
+    assert torch.equal(o, compact_o) and torch.equal(ht, compact_ht)
+
+
+def test_runtime_layout_launches_only_the_two_kernels() -> None:
+    """The runtime layer's call (public entry, strided inputs, state in and out) is two launches: no copies."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from qla_agent.kernels import gdn_prefill
+
+    x = runtime_layout(_inputs(RUNTIME, torch.device("cuda"), seed=5))
+
+    def call() -> None:
+        gdn_prefill(
+            x["q"], x["k"], x["v"], x["g"], x["beta"], scale=128**-0.5, impl="tilelang", **_kwargs(RUNTIME, x)
+        )
+
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    launched = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    assert len(launched) == 2 and "chunk_prep" in launched[0] and "chunk_scan" in launched[1], launched
+
+
 @dataclass(frozen=True, slots=True)
 class PrepCase:
     """A direct test of chunk_prep's outputs; lens are packed sequence lengths (varlen when several)."""
@@ -199,7 +279,8 @@ PREP_CASES = [
 @pytest.mark.parametrize("design", ["grouped", "per_head"])
 @pytest.mark.parametrize("case", PREP_CASES, ids=[c.id for c in PREP_CASES])
 def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
-    """tmat, pmat and vecs of every chunk (both designs) against their fp64 definitions; spare slots untouched."""
+    """tmat, pmat and vecs of every chunk (both designs, strided inputs) against their fp64 definitions;
+    spare slots untouched."""
     from qla_agent.kernels.tilelang import build, chunk_prep
     from tests.kernels.test_chunk_prep_algebra import prep_expected
 
@@ -217,6 +298,11 @@ def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
         g, beta = -0.2 * torch.rand(ntok, case.hv, generator=gen), torch.rand(ntok, case.hv, generator=gen)
         a_log = dt_bias = torch.zeros(case.hv)
     g, beta, a_log, dt_bias = (x.to(device) for x in (g, beta, a_log, dt_bias))
+    # Read as the runtime passes them: q, k column slices of a conv output (v's columns NaN), the
+    # gates the halves of one [T, 2 Hv] projection.
+    v_nan = torch.full((1, ntok, case.hv, 128), float("nan"), dtype=torch.bfloat16, device=device)
+    views = runtime_layout(dict(q=q[None], k=k[None], v=v_nan, g=g[None], beta=beta[None]))
+    qs, ks, gs, bs = (views[n][0] for n in ("q", "k", "g", "beta"))
     cu = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
     cfg = chunk_prep.PrepConfig(
         key_heads=case.hk, value_heads=case.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
@@ -228,7 +314,8 @@ def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
     tmat = torch.full((slots, case.hv, 64, 64), float("nan"), dtype=torch.bfloat16, device=device)
     pmat = torch.full_like(tmat, float("nan"))
     vecs = torch.full((slots, case.hv, 4, 64), float("nan"), dtype=torch.float32, device=device)
-    kernel(q, k, g, beta, a_log, dt_bias, cu, tmat, pmat, vecs, ntok)
+    kernel(qs, ks, gs, bs, a_log, dt_bias, cu, tmat, pmat, vecs, ntok, qs.stride(0) // 8, ks.stride(0) // 8,
+           gs.stride(0), bs.stride(0))
     torch.cuda.synchronize()
     ref_t, ref_p, ref_v = prep_expected(
         q.cpu(), k.cpu(), g.cpu(), beta.cpu(), scale=128**-0.5, l2norm=case.l2norm,

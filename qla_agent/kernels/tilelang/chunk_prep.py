@@ -14,6 +14,10 @@ blocked: 16x16 diagonal blocks by forward substitution on CUDA cores (D), then
 (I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower (M^4 = 0), on fp16 tensor cores
 (fp32 accumulation).
 
+Inputs are read in place: q and k (and v in `chunk_scan`) with a runtime token stride, ROW_ALIGN x a
+scalar argument (so 16-byte vector loads stay provably aligned), g and beta with any token stride; the
+model's column slices of its conv output and gate projection need no copies.
+
 Two designs (`PrepConfig.design`):
 - "grouped": one CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
   the loads, norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
@@ -28,6 +32,9 @@ import tilelang.language as T
 from qla_agent.kernels.tilelang.build import HEAD_DIM
 
 CHUNK = 64
+# q, k and v token strides reach the kernels as stride // ROW_ALIGN (elements), so the compiler can
+# prove every row start 16-byte aligned and keep 16-byte vector loads.
+ROW_ALIGN = 8
 LOG2E = 1.4426950408889634
 DESIGNS = ("grouped", "per_head")
 # CTAs per SM the grouped design asks registers for (ptxas caps them at 65536 / (128 x this)).
@@ -50,6 +57,11 @@ class PrepConfig:
     design: str = "grouped"  # one of DESIGNS (see the module docstring)
 
 
+def strided_rows(shape: tuple, stride8, dtype: str):
+    """A kernel input [tokens, heads, D], compact but for its token stride: ROW_ALIGN x stride8 (runtime)."""
+    return T.StridedTensor(shape, (stride8 * ROW_ALIGN, shape[-1], 1), dtype)
+
+
 def program(cfg: PrepConfig):
     """The prim_func for `cfg`: grid (chunks, key heads) when grouped, else (chunks, value heads); 128 threads."""
     if cfg.design not in DESIGNS:
@@ -69,13 +81,14 @@ def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
+    sq, sk, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sg", "sb"))
 
     @T.prim_func
     def chunk_prep(
-        q: T.Tensor((ntok, Hk, D), dt),
-        k: T.Tensor((ntok, Hk, D), dt),
-        g: T.Tensor((ntok, Hv), cfg.gate_dtype),
-        beta: T.Tensor((ntok, Hv), cfg.gate_dtype),
+        q: strided_rows((ntok, Hk, D), sq, dt),
+        k: strided_rows((ntok, Hk, D), sk, dt),
+        g: T.StridedTensor((ntok, Hv), (sg, 1), cfg.gate_dtype),
+        beta: T.StridedTensor((ntok, Hv), (sb, 1), cfg.gate_dtype),
         a_log: T.Tensor((Hv,), cfg.param_dtype),
         dt_bias: T.Tensor((Hv,), cfg.param_dtype),
         cu_seqlens: T.Tensor((ncu,), "int32"),
@@ -83,6 +96,10 @@ def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
         pmat: T.Tensor((nchunk, Hv, C, C), dt),
         vecs: T.Tensor((nchunk, Hv, 4, C), f32),
         seq_len: T.int32,
+        q_stride8: sq,
+        k_stride8: sk,
+        g_stride: sg,
+        beta_stride: sb,
     ):
         with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
             T.annotate_min_blocks_per_sm(min_blocks)

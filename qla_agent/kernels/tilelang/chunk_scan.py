@@ -11,7 +11,8 @@ in order with the fp32 state slice S [128, block_v] in registers. With T, P and 
 
 K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
-loaded there never reaches S or a stored output.
+loaded there never reaches S or a stored output. q, k and v are read through their token strides
+(`chunk_prep.strided_rows`).
 """
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
-from qla_agent.kernels.tilelang.chunk_prep import CHUNK
+from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ def program(cfg: ScanConfig):
     ncu = T.dynamic("ncu")
     nh0 = T.dynamic("nh0")
     nht = T.dynamic("nht")
+    sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
 
     @T.macro
     def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
@@ -87,9 +89,9 @@ def program(cfg: ScanConfig):
 
     @T.prim_func
     def chunk_scan(
-        q: T.Tensor((ntok, Hk, D), dt),
-        k: T.Tensor((ntok, Hk, D), dt),
-        v: T.Tensor((ntok, Hv, D), dt),
+        q: strided_rows((ntok, Hk, D), sq, dt),
+        k: strided_rows((ntok, Hk, D), sk, dt),
+        v: strided_rows((ntok, Hv, D), sv, dt),
         tmat: T.Tensor((nchunk, Hv, C, C), dt),
         pmat: T.Tensor((nchunk, Hv, C, C), dt),
         vecs: T.Tensor((nchunk, Hv, 4, C), f32),
@@ -99,6 +101,9 @@ def program(cfg: ScanConfig):
         ht: T.Tensor((nht, Hv, D, D), f32),
         seq_len: T.int32,
         n_seqs: T.int32,
+        q_stride8: sq,
+        k_stride8: sk,
+        v_stride8: sv,
     ):
         with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
             bos = T.alloc_var("int32")

@@ -16,6 +16,9 @@ from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
 logger = logging.getLogger(__name__)
 
 CHUNK = chunk_prep.CHUNK
+ROW_ALIGN = chunk_prep.ROW_ALIGN
+# q, k and v rows are read in 16-byte vectors: their data must start on a 16-byte boundary.
+VECTOR_BYTES = 16
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
 
@@ -98,9 +101,36 @@ def _make_plan(
     )
 
 
-def _compact(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    """x as a contiguous tensor of `shape` (a view when x is contiguous, else one copy)."""
-    return x.contiguous().view(shape)
+def token_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x [B, T, H, 128] as [B*T, H, 128] rows, and their token stride // ROW_ALIGN.
+
+    A view when the kernels can read x in place: B and T collapse into one token stride that is a
+    multiple of ROW_ALIGN, head stride 128, unit column stride, a 16-byte aligned start (the runtime's
+    q, k, v: column slices of the conv output, token stride conv_dim). Otherwise a compact copy.
+    """
+    batch, seqlen, heads, dim = x.shape
+    # A view when B and T collapse (always with B = 1), else already a compact copy.
+    rows = x.reshape(batch * seqlen, heads, dim)
+    token, head, column = rows.stride()
+    # One token: its stride is never used (TileLang's argument check skips dims of size 1).
+    token = token if batch * seqlen > 1 else 0
+    if token % ROW_ALIGN or (head != dim and heads > 1) or column != 1 or rows.data_ptr() % VECTOR_BYTES:
+        rows, token = rows.clone(memory_format=torch.contiguous_format), heads * dim
+    return rows, token // ROW_ALIGN
+
+
+def gate_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x [B, T, Hv] as [B*T, Hv] rows, and their token stride.
+
+    A view when B and T collapse into one token stride and the heads are adjacent (the runtime's raw
+    gates a and b: column slices of one [T, 2 Hv] projection); otherwise a compact copy.
+    """
+    batch, seqlen, heads = x.shape
+    rows = x.reshape(batch * seqlen, heads)
+    token, column = rows.stride()
+    if column != 1 and heads > 1:
+        rows, token = rows.contiguous(), heads
+    return rows, token
 
 
 def gdn_prefill(
@@ -117,8 +147,9 @@ def gdn_prefill(
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
     (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
     override the scan tile config, prep_only stops after the first launch (for timing it).
-    Per call this runs two kernels, makes five allocations and views the inputs (strided inputs are
-    copied); everything else is looked up by the call's signature.
+    Per call this runs two kernels, makes five allocations and views the inputs: q, k, v, g and beta
+    are read through their token strides (`token_rows`, `gate_rows`; only a layout the kernels cannot
+    read is copied); everything else is looked up by the call's signature.
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
@@ -134,8 +165,8 @@ def gdn_prefill(
     if plan is None:
         plan = _plans[key] = _make_plan(*key)
 
-    q2, k2 = _compact(q, ntok, hk, dim), _compact(k, ntok, hk, dim)
-    g2, b2 = _compact(g, ntok, hv), _compact(beta, ntok, hv)
+    (q2, q_stride8), (k2, k_stride8) = token_rows(q), token_rows(k)
+    (g2, g_stride), (b2, b_stride) = gate_rows(g), gate_rows(beta)
     if cu_seqlens is None:
         cu = plan.no_offsets
         # Each sequence is cut into its own chunks.
@@ -152,12 +183,12 @@ def gdn_prefill(
     tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
     pmat = torch.empty_like(tmat)
     vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
-    plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen)
+    plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen, q_stride8, k_stride8, g_stride, b_stride)
     if prep_only:
         return tmat, vecs
 
-    v2 = _compact(v, ntok, hv, dim)
-    o = torch.empty_like(v2) if out is None else out.view(ntok, hv, dim)
+    v2, v_stride8 = token_rows(v)
+    o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
     if initial_state is None:
         h0 = plan.no_state
     elif initial_state.dtype == torch.float32:
@@ -172,5 +203,5 @@ def gdn_prefill(
         ht = torch.empty_like(h0)
     else:
         ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
-    plan.scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs)
+    plan.scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs, q_stride8, k_stride8, v_stride8)
     return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)
