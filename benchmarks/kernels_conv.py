@@ -1,6 +1,6 @@
 """Time the short causal conv: our TileLang kernels vs the torch reference vs FLA's Triton conv.
 
-    source .device/setup.sh && QLA_UNVERIFIED_KERNELS=1 python benchmarks/kernels_conv.py
+    source .device/setup.sh && python benchmarks/kernels_conv.py
         [--shapes SUBSTRING ...] [--impls ours,reference,fla] [--json PATH]
 
 Inputs as the runtime passes them: bf16 x [1, T, C] either sliced out of the fused input projection

@@ -37,10 +37,3 @@ def c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(build, "compiled", lambda program, config, arch: _compile_c(program, config))
     monkeypatch.setattr(build, "device_facts", lambda device: ("c", 132))
-
-
-@pytest.fixture(autouse=True)
-def _unverified_kernels_on_for_gpu_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GPU tests are what verifies the kernels that `auto` keeps off until then (QLA_UNVERIFIED_KERNELS)."""
-    if request.node.get_closest_marker("gpu") is not None:
-        monkeypatch.setenv("QLA_UNVERIFIED_KERNELS", "1")

@@ -66,20 +66,3 @@ def test_conv_refusals() -> None:
     strided_pool = torch.empty(4, 3, 256, device=META, dtype=torch.bfloat16).transpose(1, 2)
     x = torch.empty(2, 256, device=META, dtype=torch.bfloat16)
     assert "not contiguous" in _conv_update_reason(x, _conv()["weight"], strided_pool)
-
-
-def _conv_update() -> dict[str, object]:
-    return dict(x=torch.empty(2, 256, device=META, dtype=torch.bfloat16), weight=_conv()["weight"],
-                conv_state=torch.empty(4, 256, 3, device=META, dtype=torch.bfloat16))
-
-
-@pytest.mark.parametrize("op,arguments", [("gdn_decode", _decode), ("causal_conv1d", _conv),
-                                          ("causal_conv1d_update", _conv_update)])
-def test_kernels_not_yet_run_on_a_gpu_stay_off_unless_asked_for(op, arguments, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qla_agent.kernels import tilelang as backend
-
-    monkeypatch.delenv(backend.UNVERIFIED_ENV, raising=False)
-    assert "has not passed its GPU tests" in (backend.supports(op, **arguments()) or "")
-    monkeypatch.setenv(backend.UNVERIFIED_ENV, "1")
-    monkeypatch.setattr(backend, "device_arch", lambda device: "sm_90a")
-    assert backend.supports(op, **arguments()) is None

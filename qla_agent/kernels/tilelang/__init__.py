@@ -5,7 +5,6 @@ take the public signature minus `impl`. See README.md beside this file for the k
 """
 
 import logging
-import os
 
 import torch
 
@@ -34,12 +33,6 @@ CONV_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_CONV_WIDTH = 8
 ROW_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 INT32_LIMIT = 2**31
-# Kernels written and checked on the CPU (C backend, compile tests) whose GPU tests have not run yet:
-# `auto` keeps them off until a GPU run passes, unless QLA_UNVERIFIED_KERNELS=1 asks for them.
-UNVERIFIED_OPS = frozenset({
-    "gdn_decode", "causal_conv1d", "causal_conv1d_update", "rms_norm", "add_rms_norm", "gated_rms_norm", "silu_mul",
-})
-UNVERIFIED_ENV = "QLA_UNVERIFIED_KERNELS"
 
 
 def _gdn_reason(
@@ -167,8 +160,6 @@ def supports(op: str, **arguments: object) -> str | None:
     """None when this backend can run `op` on these (validated, CUDA) arguments, else the reason."""
     if op not in _REASONS:
         return f"the TileLang backend does not implement {op} yet"
-    if op in UNVERIFIED_OPS and os.environ.get(UNVERIFIED_ENV) != "1":
-        return f"the TileLang {op} kernel has not passed its GPU tests yet; set {UNVERIFIED_ENV}=1 to use it"
     device = next(a.device for a in arguments.values() if isinstance(a, torch.Tensor))
     arch = device_arch(device)
     if arch is None:
