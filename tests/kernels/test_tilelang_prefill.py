@@ -192,8 +192,8 @@ def runtime_layout(x: dict[str, torch.Tensor], pad: int = 0) -> dict[str, torch.
     if pad:
         ba = ba.transpose(1, 2).contiguous().transpose(1, 2)
     b, a = ba.chunk(2, dim=-1)
-    views = dict(q=qs.unflatten(-1, (hk, 128)), k=ks.unflatten(-1, (hk, 128)), v=vs.unflatten(-1, (hv, 128)), g=a, beta=b)
-    return {**x, **views}
+    heads = dict(q=qs.unflatten(-1, (hk, 128)), k=ks.unflatten(-1, (hk, 128)), v=vs.unflatten(-1, (hv, 128)))
+    return {**x, **heads, "g": a, "beta": b}
 
 
 # Configs shared with CASES (compiled once), plus the runtime's 16/16 layer with bf16 raw gates.
