@@ -83,11 +83,13 @@ class GatedAttention(nn.Module):
             col = torch.arange(n_ctx, device=q.device)
             row = torch.arange(n_new, device=q.device) + (n_ctx - n_new)
             mask = col[None, :] <= row[:, None]
-        if group > 1:
-            # Explicit kv heads keep every fused SDPA backend eligible (enable_gqa narrows the choice).
+        if group > 1 and not causal:
+            # With a mask, explicit kv heads keep the fused backends eligible; a plain causal call reads the
+            # kv heads in place (enable_gqa: cuDNN flash on the H100, 0.50 vs 0.57 ms per layer at 8192 tokens).
             keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, is_causal=causal, scale=self.scale,
+            enable_gqa=causal and group > 1,
         )
         return out[0].transpose(0, 1).flatten(-2)
 
