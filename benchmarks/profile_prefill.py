@@ -18,6 +18,9 @@ from benchmarks.e2e import SHAPES, random_init_, text_config
 from qla_agent.runtime.config import ModelConfig
 from qla_agent.runtime.model import HybridModel
 
+# Ops that only move data: their input shapes tell which layout conversion they come from.
+COPY_OPS = ("aten::clone", "aten::copy_", "aten::contiguous", "aten::repeat_interleave", "aten::cat")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +47,7 @@ def main() -> None:
             run = lambda: model.prefill(ids, model.new_state())  # noqa: E731
         run()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             run()
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -53,6 +56,10 @@ def main() -> None:
         wall_ms = (time.perf_counter() - started) * 1e3
     table = prof.key_averages()
     print(table.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in COPY_OPS]
+    print("copies by input shape:")
+    for event in sorted(copies, key=lambda e: -e.device_time_total)[:12]:
+        print(f"  {event.key:<14}{event.count:>5} calls {event.device_time_total / 1e3:>8.3f} ms  {event.input_shapes}")
     if args.decode or args.append:
         print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     what = "decode step" if args.decode else f"append {args.append} (incl. state clone)" if args.append else "prefill"
