@@ -186,8 +186,56 @@ def test_expected_outputs_solve_the_chunk_system() -> None:
     assert residual.abs().max() < 1e-12
 
 
-def test_expected_outputs_drive_the_scan_to_the_reference() -> None:
-    """chunk_scan's recurrence on prep_expected's outputs reproduces the reference (their meaning is right)."""
+def wy_expected(
+    tmat: torch.Tensor, vecs: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, lens: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "wy" form's wk = T diag(a) K and u0 = T V [chunks, Hv, 64, 128] in fp64, from prep_expected's
+    tmat and vecs; k [ntok, Hk, 128] raw keys, v [ntok, Hv, 128]; rows past a sequence's end are zero."""
+    k, v = k.double(), v.double()
+    group = v.shape[1] // k.shape[1]
+    wks, u0s = [], []
+    start, c = 0, 0
+    for length in lens:
+        for bos in range(start, start + length, CHUNK):
+            n = min(CHUNK, start + length - bos)
+            kc = torch.nn.functional.pad(k[bos:bos + n], (0, 0, 0, 0, 0, CHUNK - n))
+            vc = torch.nn.functional.pad(v[bos:bos + n], (0, 0, 0, 0, 0, CHUNK - n))
+            t, a = tmat[c], vecs[c, :, 0]
+            heads = range(v.shape[1])
+            wks.append(torch.stack([t[h] @ (a[h, :, None] * kc[:, h // group]) for h in heads]))
+            u0s.append(torch.stack([t[h] @ vc[:, h] for h in heads]))
+            c += 1
+        start += length
+    return torch.stack(wks), torch.stack(u0s)
+
+
+def _scan(form: str, q, k, v, tmat, pmat, vecs, *, ntok: int) -> torch.Tensor:
+    """o of chunk_scan's recurrence (one sequence, zero initial state) in fp64, in either form:
+    "t": U = T (V - diag(a) K S); "wy": U = U0 - Wk S with wk, u0 from wy_expected. Then
+    O = diag(o) Q S + P U and S <- lambda S + K^T diag(d) U in both."""
+    hv, group = v.shape[1], v.shape[1] // k.shape[1]
+    wk, u0 = wy_expected(tmat, vecs, k, v, lens=[ntok])
+    out = torch.zeros(ntok, hv, 128, dtype=torch.float64)
+    for h in range(hv):
+        state = torch.zeros(128, 128, dtype=torch.float64)
+        for c in range(tmat.shape[0]):
+            n = min(CHUNK, ntok - c * CHUNK)
+            rows = slice(c * CHUNK, c * CHUNK + n)
+            kc, qc, vc = k[rows, h // group], q[rows, h // group], v[rows, h]
+            a, o, d, lam = vecs[c, h, 0, :n], vecs[c, h, 1, :n], vecs[c, h, 2, :n], vecs[c, h, 3, 0]
+            if form == "t":
+                u = tmat[c, h, :n, :n] @ (vc - a[:, None] * (kc @ state))
+            else:
+                u = u0[c, h, :n] - wk[c, h, :n] @ state
+            out[rows, h] = o[:, None] * (qc @ state) + pmat[c, h, :n, :n] @ u
+            state = lam * state + kc.T @ (d[:, None] * u)
+    return out
+
+
+@pytest.mark.parametrize("form", ["t", "wy"])
+def test_expected_outputs_drive_the_scan_to_the_reference(form: str) -> None:
+    """chunk_scan's recurrence on prep_expected's outputs reproduces the reference (their meaning is right),
+    with T (form "t") and with the WY products Wk = T diag(a) K, U0 = T V moved into the prep (form "wy")."""
     from qla_agent.kernels import reference
 
     gen = torch.Generator().manual_seed(5)
@@ -199,19 +247,26 @@ def test_expected_outputs_drive_the_scan_to_the_reference() -> None:
     a_log, dt_bias = torch.randn(hv, generator=gen), torch.randn(hv, generator=gen)
     tmat, pmat, vecs = prep_expected(q, k, g, beta, scale=scale, l2norm=True, a_log=a_log, dt_bias=dt_bias,
                                      lens=[ntok])
-    out = torch.zeros(ntok, hv, 128, dtype=torch.float64)
-    for h in range(hv):
-        state = torch.zeros(128, 128, dtype=torch.float64)
-        for c in range(tmat.shape[0]):
-            n = min(CHUNK, ntok - c * CHUNK)
-            rows = slice(c * CHUNK, c * CHUNK + n)
-            kc, qc, vc = k[rows, h // (hv // hk)], q[rows, h // (hv // hk)], v[rows, h]
-            a, o, d, lam = vecs[c, h, 0, :n], vecs[c, h, 1, :n], vecs[c, h, 2, :n], vecs[c, h, 3, 0]
-            u = tmat[c, h, :n, :n] @ (vc - a[:, None] * (kc @ state))
-            out[rows, h] = o[:, None] * (qc @ state) + pmat[c, h, :n, :n] @ u
-            state = lam * state + kc.T @ (d[:, None] * u)
+    out = _scan(form, q, k, v, tmat, pmat, vecs, ntok=ntok)
     ref, _ = reference.gdn_chunked(
         q[None], k[None], v[None], g[None], beta[None].double(), scale=scale, use_qk_l2norm=True,
         A_log=a_log.double(), dt_bias=dt_bias.double(),
     )
     assert (out - ref[0]).abs().max() <= 1e-9 * ref.abs().max()
+
+
+def test_wy_products_are_inert_past_the_end() -> None:
+    """Rows of wk and u0 past a sequence's end are exactly zero (T's rows there are zero; the kernel loads
+    v there as zeros, so even NaN past the end stays out), which keeps padded rows out of S and O."""
+    gen = torch.Generator().manual_seed(9)
+    lens = [70, 5]
+    ntok, hk, hv = sum(lens), 1, 2
+    q, k = (torch.randn(ntok, hk, 128, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(ntok, hv, 128, generator=gen, dtype=torch.float64)
+    g, beta = -0.1 * torch.rand(ntok, hv, generator=gen, dtype=torch.float64), torch.rand(ntok, hv, generator=gen)
+    tmat, _, vecs = prep_expected(q, k, g, beta, scale=0.1, l2norm=True, lens=lens)
+    wk, u0 = wy_expected(tmat, vecs, k, v, lens=lens)
+    assert wk.shape == u0.shape == (3, hv, CHUNK, 128)
+    for c, n in ((1, 70 - CHUNK), (2, 5)):
+        assert wk[c, :, n:].abs().max() == 0 and u0[c, :, n:].abs().max() == 0
+        assert torch.isfinite(wk[c]).all() and torch.isfinite(u0[c]).all()

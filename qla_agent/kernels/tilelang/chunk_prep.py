@@ -37,8 +37,13 @@ CHUNK = 64
 ROW_ALIGN = 8
 LOG2E = 1.4426950408889634
 DESIGNS = ("grouped", "per_head")
+# What the scan gets: "t" = T itself; "wy" = Wk = T diag(a) K and U0 = T V (see the module docstring).
+FORMS = ("t", "wy")
 # CTAs per SM the grouped design asks registers for (ptxas caps them at 65536 / (128 x this)).
 GROUPED_MIN_BLOCKS = 4
+# The "wy" form keeps K and a value tile in shared memory through the inverse (58.6 KB at Hv = Hk):
+# three CTAs fit an SM, so it asks for registers for three (168: no spill; 128 spilled 172 bytes).
+WY_MIN_BLOCKS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class PrepConfig:
     varlen: bool
     scale: float
     design: str = "grouped"  # one of DESIGNS (see the module docstring)
+    form: str = "t"  # one of FORMS; "wy" only with the grouped design
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):
@@ -66,22 +72,85 @@ def program(cfg: PrepConfig):
     """The prim_func for `cfg`: grid (chunks, key heads) when grouped, else (chunks, value heads); 128 threads."""
     if cfg.design not in DESIGNS:
         raise ValueError(f"PrepConfig.design must be one of {DESIGNS}, got {cfg.design!r}")
+    if cfg.form not in FORMS or (cfg.form == "wy" and cfg.design != "grouped"):
+        raise ValueError(f"PrepConfig.form must be one of {FORMS} ('wy' needs design='grouped'), got {cfg.form!r}"
+                         f" with design {cfg.design!r}")
     if cfg.design == "grouped":
         return _grouped_program(cfg)
     return _per_head_program(cfg)
 
 
+@T.macro
+def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
+    """span = (first token, end of its sequence, 1) of flat chunk bc, or found = span[2] = 0 for a spare slot."""
+    C = CHUNK
+    span[0] = 0
+    span[1] = 0
+    span[2] = 0
+    if cfg.varlen:
+        # Walk the sequences to find the one holding flat chunk bc (no host-side index).
+        done = T.alloc_var("int32")
+        done = 0
+        for i in T.serial(ncu - 1):
+            s0 = cu_seqlens[i]
+            s1 = cu_seqlens[i + 1]
+            n = T.ceildiv(s1 - s0, C)
+            if span[2] == 0 and bc < done + n:
+                span[2] = 1
+                span[0] = s0 + (bc - done) * C
+                span[1] = s1
+            done = done + n
+    else:
+        per_seq = T.ceildiv(seq_len, C)
+        span[2] = 1
+        span[0] = (bc // per_seq) * seq_len + (bc % per_seq) * C
+        span[1] = (bc // per_seq) * seq_len + seq_len
+
+
 def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
     """The prim_func shared by both designs: finds the chunk's token range, then runs `body` on it.
 
-    Grid (chunk slots, heads); a slot past the last chunk of a varlen batch exits.
+    Grid (chunk slots, heads); a slot past the last chunk of a varlen batch exits. The form decides the
+    outputs `body` gets: (tmat,) for "t", (wk, u0) for "wy" (which also reads v).
     """
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
-    sq, sk, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sg", "sb"))
+    sq, sk, sv, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8", "sg", "sb"))
+
+    if cfg.form == "wy":
+        @T.prim_func
+        def chunk_prep(
+            q: strided_rows((ntok, Hk, D), sq, dt),
+            k: strided_rows((ntok, Hk, D), sk, dt),
+            v: strided_rows((ntok, Hv, D), sv, dt),
+            g: T.StridedTensor((ntok, Hv), (sg, 1), cfg.gate_dtype),
+            beta: T.StridedTensor((ntok, Hv), (sb, 1), cfg.gate_dtype),
+            a_log: T.Tensor((Hv,), cfg.param_dtype),
+            dt_bias: T.Tensor((Hv,), cfg.param_dtype),
+            cu_seqlens: T.Tensor((ncu,), "int32"),
+            wk: T.Tensor((nchunk, Hv, C, D), dt),
+            u0: T.Tensor((nchunk, Hv, C, D), dt),
+            pmat: T.Tensor((nchunk, Hv, C, C), dt),
+            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+            seq_len: T.int32,
+            q_stride8: sq,
+            k_stride8: sk,
+            v_stride8: sv,
+            g_stride: sg,
+            beta_stride: sb,
+        ):
+            with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
+                T.annotate_min_blocks_per_sm(min_blocks)
+                tx = T.get_thread_binding()
+                span = T.alloc_local((3,), "int32")
+                _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
+                if span[2] == 1:
+                    body(q, k, v, g, beta, a_log, dt_bias, (wk, u0), pmat, vecs, bc, bh, span[0], span[1], tx)
+
+        return chunk_prep
 
     @T.prim_func
     def chunk_prep(
@@ -104,32 +173,10 @@ def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
         with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
             T.annotate_min_blocks_per_sm(min_blocks)
             tx = T.get_thread_binding()
-            bos = T.alloc_var("int32")
-            eos = T.alloc_var("int32")
-            found = T.alloc_var("int32")
-            bos = 0
-            eos = 0
-            found = 0
-            if cfg.varlen:
-                # Walk the sequences to find the one holding flat chunk bc (no host-side index).
-                done = T.alloc_var("int32")
-                done = 0
-                for i in T.serial(ncu - 1):
-                    s0 = cu_seqlens[i]
-                    s1 = cu_seqlens[i + 1]
-                    n = T.ceildiv(s1 - s0, C)
-                    if found == 0 and bc < done + n:
-                        found = 1
-                        bos = s0 + (bc - done) * C
-                        eos = s1
-                    done = done + n
-            else:
-                per_seq = T.ceildiv(seq_len, C)
-                found = 1
-                bos = (bc // per_seq) * seq_len + (bc % per_seq) * C
-                eos = (bc // per_seq) * seq_len + seq_len
-            if found == 1:
-                body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx)
+            span = T.alloc_local((3,), "int32")
+            _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
+            if span[2] == 1:
+                body(q, k, None, g, beta, a_log, dt_bias, (tmat,), pmat, vecs, bc, bh, span[0], span[1], tx)
 
     return chunk_prep
 
@@ -142,7 +189,8 @@ def _per_head_program(cfg: PrepConfig):
     scale = float(cfg.scale)
 
     @T.macro
-    def per_head_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, bos, eos, tx):
+    def per_head_body(q, k, v, g, beta, a_log, dt_bias, outs, pmat, vecs, bc, bh, bos, eos, tx):
+        tmat = outs[0]
         hk = bh // group
         k_s = T.alloc_shared((C, D), dt)
         q_s = T.alloc_shared((C, D), dt)
@@ -330,8 +378,8 @@ def _grouped_program(cfg: PrepConfig):
                 pmat[bc, hk * G + v, r, c] = T.cast(T.if_then_else(c <= r, pval, 0.0), dt)
 
     @T.macro
-    def inverse(kk_src, gam_s, b_s, rk_s, v, tx, blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs, tmat, bc, h):
-        """tmat[bc, h] = T = (I + L)^-1 diag(beta) of value head h (the group's v-th), stored from registers."""
+    def inverse(kk_src, gam_s, b_s, rk_s, v, tx, blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs):
+        """acc2 = X = (I + L)^-1 of the group's v-th value head (T = X diag(beta))."""
         for r, c in T.Parallel(C, C):
             decay = T.exp2(T.min(gam_s[v, r] - gam_s[v, c], 0.0) * LOG2E)
             lval = T.if_then_else(c < r, b_s[v, r] * kk_src[r, c] * rk_s[r] * rk_s[c] * decay, 0.0)
@@ -361,11 +409,53 @@ def _grouped_program(cfg: PrepConfig):
             m_s[r, c] = T.cast(acc[r, c], f16)
             z_s[r, c] = T.cast(acc2[r, c], f16)
         T.gemm(z_s, m_s, acc2)
+
+    @T.macro
+    def store_t(acc2, b_s, v, tmat, bc, h):
+        """tmat[bc, h] = T = X diag(beta), stored from registers."""
         for r, c in T.Parallel(C, C):
             tmat[bc, h, r, c] = T.cast(acc2[r, c] * b_s[v, c], dt)
 
     @T.macro
-    def grouped_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
+    def load_values(v_src, h, bos, eos, tx, v_s):
+        """v_s = the chunk's value rows of head h, zero past the sequence end (16-byte loads)."""
+        c0 = (tx % 16) * 8
+        for i in T.unroll(row_steps):
+            valid = bos + i * 8 + tx // 16 < eos
+            for j in T.vectorized(8):
+                v_s[i * 8 + tx // 16, c0 + j] = T.if_then_else(
+                    valid, v_src[bos + i * 8 + tx // 16, h, c0 + j], T.cast(0, dt))
+
+    @T.macro
+    def store_wy(acc2, acc, gam_s, b_s, rk_s, v, k_s, v_s, ta_s, tb_s, wk, u0, bc, h):
+        """wk[bc, h] = T diag(a) K and u0[bc, h] = T V (a = exp(gamma) rk folds the key norm), from registers,
+        64 columns at a time through acc (a [64, 128] fragment would spill at 128 registers)."""
+        for r, c in T.Parallel(C, C):
+            tb = acc2[r, c] * b_s[v, c]
+            ta_s[r, c] = T.cast(tb * T.exp2(gam_s[v, c] * LOG2E) * rk_s[c], dt)
+            tb_s[r, c] = T.cast(tb, dt)
+        for half in T.unroll(D // C):
+            T.gemm(ta_s, k_s[0:C, half * C:half * C + C], acc, clear_accum=True)
+            for r, c in T.Parallel(C, C):
+                wk[bc, h, r, half * C + c] = T.cast(acc[r, c], dt)
+        for half in T.unroll(D // C):
+            T.gemm(tb_s, v_s[0:C, half * C:half * C + C], acc, clear_accum=True)
+            for r, c in T.Parallel(C, C):
+                u0[bc, h, r, half * C + c] = T.cast(acc[r, c], dt)
+
+    @T.macro
+    def value_head(kk_src, v, h, gam_s, b_s, rk_s, tx, inner, k_s, v_src, wy, outs, bc, bos, eos):
+        """The group's v-th value head h: its inverse, then tmat (form "t") or wk and u0 (form "wy")."""
+        if cfg.form == "wy":
+            load_values(v_src, h, bos, eos, tx, wy[0])
+        inverse(kk_src, gam_s, b_s, rk_s, v, tx, *inner)
+        if cfg.form == "wy":
+            store_wy(inner[6], inner[5], gam_s, b_s, rk_s, v, k_s, *wy, *outs, bc, h)
+        else:
+            store_t(inner[6], b_s, v, *outs, bc, h)
+
+    @T.macro
+    def grouped_body(q, k, v_src, g, beta, a_log, dt_bias, outs, pmat, vecs, bc, hk, bos, eos, tx):
         k_s = T.alloc_shared((C, D), dt)
         q_s = T.alloc_shared((C, D), dt)
         g_s = T.alloc_shared((G, C), f32)
@@ -390,15 +480,25 @@ def _grouped_program(cfg: PrepConfig):
         T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
         scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk)
         T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
-        inner = (blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs, tmat, bc)
+        inner = (blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs)
+        wy = ()
+        if cfg.form == "wy":
+            if G == 1:
+                wy = (T.alloc_shared((C, D), dt), T.alloc_shared((C, C), dt), T.alloc_shared((C, C), dt))
+            else:
+                # The allocator shares no buffer used inside the value-head loop, so 16 KB more would not
+                # fit sm_86/89: the value tile takes q's buffer (q is dead after Q K^T), T diag(a) and T
+                # take lo_s and d_s (dead once Y is formed), viewed as the input dtype.
+                wy = (q_s, T.view(lo_s, dtype=dt), T.view(d_s, dtype=dt))
+        head = (gam_s, b_s, rk_s, tx, inner, k_s, v_src, wy, outs, bc, bos, eos)
         if G == 1:
-            inverse(kk, gam_s, b_s, rk_s, 0, tx, *inner, hk)
+            value_head(kk, 0, hk, *head)
         else:
             # K K^T waits in shared memory while the group's value heads take turns with the registers.
             kk_s = T.alloc_shared((C, C), f32)
             T.copy(kk, kk_s)
             for v in T.serial(G):
-                inverse(kk_s, gam_s, b_s, rk_s, v, tx, *inner, hk * G + v)
+                value_head(kk_s, v, hk * G + v, *head)
         for v, r in T.Parallel(G, C):
             valid = bos + r < eos
             e = T.exp2(gam_s[v, r] * LOG2E)
@@ -408,4 +508,4 @@ def _grouped_program(cfg: PrepConfig):
             vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
             vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
 
-    return _kernel(cfg, Hk, grouped_body, GROUPED_MIN_BLOCKS)
+    return _kernel(cfg, Hk, grouped_body, WY_MIN_BLOCKS if cfg.form == "wy" else GROUPED_MIN_BLOCKS)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
-from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
+from qla_agent.kernels.tilelang.chunk_prep import CHUNK, FORMS, strided_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +39,15 @@ class ScanConfig:
     # A second K tile for the state update: the first one's last use is then at the top of a chunk,
     # so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
     split_k: bool = False
+    # What chunk_prep wrote (chunk_prep.FORMS): "t" reads T and V, "wy" reads Wk and U0 (no split_k).
+    form: str = "t"
 
 
 def program(cfg: ScanConfig):
     """The prim_func for `cfg`: grid (128 / block_v, value heads, sequences)."""
+    if cfg.form not in FORMS or (cfg.form == "wy" and cfg.split_k):
+        raise ValueError(f"ScanConfig.form must be one of {FORMS} (split_k only with 't'), got {cfg.form!r}"
+                         f" with split_k={cfg.split_k}")
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C, BV = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK, cfg.block_v
     group = Hv // Hk
@@ -52,6 +57,46 @@ def program(cfg: ScanConfig):
     nh0 = T.dynamic("nh0")
     nht = T.dynamic("nht")
     sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
+
+    # Buffers of a chunk step, allocated once per CTA: (dtype, or "fragment" / "local" for fp32 registers; shape).
+    t_smem = (
+        (dt, (C, D)), (dt, (C, D)), (dt, (C, D) if cfg.split_k else (1, 8)), (dt, (C, BV)), (dt, (C, C)),
+        (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)),
+        ("fragment", (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
+    )
+    wy_smem = (
+        (dt, (C, D)), (dt, (C, D)), (dt, (C, D)), (dt, (C, BV)), (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)),
+        (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
+    )
+
+    @T.macro
+    def wy_step(q, k, wk, u0, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
+        """One chunk in the WY form: U = U0 - Wk S, then the state update and the output GEMMs together."""
+        q_s, k_s, wk_s, u0_s, p_s, vec_s, s_s, u_s, ud_s, o_s, ws, qs, lam = smem
+        T.copy(wk[chunk, bh, 0:C, 0:D], wk_s)
+        T.copy(q[bos:bos + C, hk, 0:D], q_s)
+        T.copy(u0[chunk, bh, 0:C, v0:v0 + BV], u0_s)
+        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
+        T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+        T.copy(k[bos:bos + C, hk, 0:D], k_s)
+        T.copy(S, s_s)
+        T.gemm(wk_s, s_s, ws, clear_accum=True)
+        T.gemm(q_s, s_s, qs, clear_accum=True)
+        for r, x in T.Parallel(C, BV):
+            u = T.cast(u0_s[r, x], f32) - ws[r, x]
+            u_s[r, x] = T.cast(u, dt)
+            ud_s[r, x] = T.cast(u * vec_s[2, r], dt)
+            qs[r, x] = qs[r, x] * vec_s[1, r]
+        lam[0] = vec_s[3, 0]
+        for kk, x in T.Parallel(D, BV):
+            S[kk, x] = S[kk, x] * lam[0]
+        # The state update and the output's P U share one phase: the O GEMMs are off the state chain.
+        T.gemm(k_s, ud_s, S, transpose_A=True)
+        T.gemm(p_s, u_s, qs)
+        T.copy(qs, o_s)
+        for r, x in T.Parallel(C, BV):
+            if bos + r < eos:
+                o[bos + r, bh, v0 + x] = o_s[r, x]
 
     @T.macro
     def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
@@ -87,6 +132,59 @@ def program(cfg: ScanConfig):
             if bos + r < eos:
                 o[bos + r, bh, v0 + x] = o_s[r, x]
 
+    @T.macro
+    def walk(step, inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, smem_shapes):
+        """The whole CTA: find the sequence, hold S in registers and run `step` over its chunks."""
+        with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
+            # (first token, end, first chunk) of sequence bn
+            span = T.alloc_local((3,), "int32")
+            if cfg.varlen:
+                span[0] = cu_seqlens[bn]
+                span[1] = cu_seqlens[bn + 1]
+                span[2] = 0
+                for i in T.serial(bn):
+                    span[2] = span[2] + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
+            else:
+                span[0] = bn * seq_len
+                span[1] = span[0] + seq_len
+                span[2] = bn * T.ceildiv(seq_len, C)
+            smem = tuple(
+                T.alloc_local(shape, f32) if kind == "local" else
+                T.alloc_fragment(shape, f32) if kind == "fragment" else
+                T.alloc_shared(shape, kind) for kind, shape in smem_shapes
+            )
+            S = T.alloc_fragment((D, BV), f32)
+            if cfg.has_initial_state:
+                T.copy(h0[bn, bh, 0:D, bv * BV:bv * BV + BV], S)
+            else:
+                T.clear(S)
+            for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
+                step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, smem)
+            if cfg.store_final_state:
+                T.copy(S, ht[bn, bh, 0:D, bv * BV:bv * BV + BV])
+
+    if cfg.form == "wy":
+        @T.prim_func
+        def chunk_scan(
+            q: strided_rows((ntok, Hk, D), sq, dt),
+            k: strided_rows((ntok, Hk, D), sk, dt),
+            wk: T.Tensor((nchunk, Hv, C, D), dt),
+            u0: T.Tensor((nchunk, Hv, C, D), dt),
+            pmat: T.Tensor((nchunk, Hv, C, C), dt),
+            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+            h0: T.Tensor((nh0, Hv, D, D), f32),
+            cu_seqlens: T.Tensor((ncu,), "int32"),
+            o: T.Tensor((ntok, Hv, D), dt),
+            ht: T.Tensor((nht, Hv, D, D), f32),
+            seq_len: T.int32,
+            n_seqs: T.int32,
+            q_stride8: sq,
+            k_stride8: sk,
+        ):
+            walk(wy_step, (q, k, wk, u0, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, wy_smem)
+
+        return chunk_scan
+
     @T.prim_func
     def chunk_scan(
         q: strided_rows((ntok, Hk, D), sq, dt),
@@ -105,48 +203,6 @@ def program(cfg: ScanConfig):
         k_stride8: sk,
         v_stride8: sv,
     ):
-        with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
-            bos = T.alloc_var("int32")
-            eos = T.alloc_var("int32")
-            first = T.alloc_var("int32")
-            if cfg.varlen:
-                bos = cu_seqlens[bn]
-                eos = cu_seqlens[bn + 1]
-                first = 0
-                for i in T.serial(bn):
-                    first = first + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
-            else:
-                bos = bn * seq_len
-                eos = bos + seq_len
-                first = bn * T.ceildiv(seq_len, C)
-            hk = bh // group
-            v0 = bv * BV
-            smem = (
-                T.alloc_shared((C, D), dt),
-                T.alloc_shared((C, D), dt),
-                T.alloc_shared((C, D) if cfg.split_k else (1, 8), dt),
-                T.alloc_shared((C, BV), dt),
-                T.alloc_shared((C, C), dt),
-                T.alloc_shared((C, C), dt),
-                T.alloc_shared((4, C), f32),
-                T.alloc_shared((D, BV), dt),
-                T.alloc_shared((C, BV), dt),
-                T.alloc_shared((C, BV), dt),
-                T.alloc_shared((C, BV), dt),
-                T.alloc_shared((C, BV), dt),
-                T.alloc_fragment((C, BV), f32),
-                T.alloc_fragment((C, BV), f32),
-                T.alloc_fragment((C, BV), f32),
-                T.alloc_local((1,), f32),
-            )
-            S = T.alloc_fragment((D, BV), f32)
-            if cfg.has_initial_state:
-                T.copy(h0[bn, bh, 0:D, v0:v0 + BV], S)
-            else:
-                T.clear(S)
-            for j in T.Pipelined(T.ceildiv(eos - bos, C), num_stages=cfg.num_stages):
-                chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos + j * C, eos, first + j, bh, hk, v0, smem)
-            if cfg.store_final_state:
-                T.copy(S, ht[bn, bh, 0:D, v0:v0 + BV])
+        walk(chunk_step, (q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, t_smem)
 
     return chunk_scan
