@@ -123,7 +123,8 @@ def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen:
     gdn_prefill(**x, use_qk_l2norm=True, form=form)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     v_reader = scan if form == "t" else prep
-    for name, call in (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("q", scan), ("k", scan), ("v", v_reader)):
+    read = (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("q", scan), ("k", scan), ("v", v_reader))
+    for name, call in read:
         assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
     conv_dim = (2 * hk + hv) * 128
     assert prep["q_stride8"] == prep["k_stride8"] == v_reader["v_stride8"] == conv_dim // 8

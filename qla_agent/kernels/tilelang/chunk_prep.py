@@ -14,9 +14,18 @@ blocked: 16x16 diagonal blocks by forward substitution on CUDA cores (D), then
 (I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower (M^4 = 0), on fp16 tensor cores
 (fp32 accumulation).
 
-Inputs are read in place: q and k (and v in `chunk_scan`) with a runtime token stride, ROW_ALIGN x a
-scalar argument (so 16-byte vector loads stay provably aligned), g and beta with any token stride; the
-model's column slices of its conv output and gate projection need no copies.
+Two forms (`PrepConfig.form`) of what the scan gets besides pmat and vecs:
+- "t": tmat itself; the scan reads v and computes U = T (V - diag(a) K S) (three GEMMs on its state chain).
+- "wy": wk [c, h, 64, 128] = T diag(a) K and u0 [c, h, 64, 128] = T V (input dtype; FLA's w and u), so
+  the scan's U = U0 - Wk S is one GEMM. Neither depends on S, so they are chunk-parallel. T diag(a) and
+  T go to shared memory in the input dtype and meet k (raw: its norm is in a) and v (loaded as zeros
+  past the sequence end) on tensor cores, 64 output columns at a time. Costs per chunk and value head:
+  16 KB more read (v) and 24 KB more written (wk and u0 replace tmat), 58.6 KB of shared memory at
+  Hv = Hk (three CTAs per SM on the H100 instead of four), 88-90 KB at Hv > Hk (two).
+
+Inputs are read in place: q and k (and v: in `chunk_scan`, or here in the "wy" form) with a runtime
+token stride, ROW_ALIGN x a scalar argument (so 16-byte vector loads stay provably aligned), g and beta
+with any token stride; the model's column slices of its conv output and gate projection need no copies.
 
 Two designs (`PrepConfig.design`):
 - "grouped": one CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so

@@ -9,7 +9,16 @@ in order with the fp32 state slice S [128, block_v] in registers. With T, P and 
     O = diag(o) (Q S) + P U                o = scale exp(gamma) rq
     S = lambda S + K^T diag(d) U           d = exp(gamma_C - gamma) rk, lambda = exp(gamma_C)
 
-K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
+In the "wy" form (`ScanConfig.form`; chunk_prep wrote Wk = T diag(a) K and U0 = T V instead of T) the
+first two lines are one GEMM, U = U0 - Wk S, since T (V - diag(a) K S) = T V - (T diag(a) K) S: the state
+chain S -> Wk S -> U -> K^T diag(d) U -> S has two GEMMs instead of three, and v is not read here.
+Wk and Q are stacked into one [128, 128] tile, so Wk S and Q S are one GEMM (each warp runs two
+independent accumulator chains, one barrier pair); diag(o) Q S waits in shared memory (fp32) for P U.
+Generated code (sm_90a, block_v 16, 256 threads): 28 mma per warp per chunk (t: 32), of which 16
+dependent steps in a row (t: 28), 13 barriers in the loop body (t: 17); 154 registers, 74.8 KB of shared
+memory (t with split_k: 148, 80.9 KB); block_v 32: 252 registers, 91 KB; block_v 64: 124 KB.
+
+K S (Wk S), Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
 loaded there never reaches S or a stored output. q, k and v are read through their token strides
 (`chunk_prep.strided_rows`).
@@ -65,35 +74,38 @@ def program(cfg: ScanConfig):
         ("fragment", (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
     )
     wy_smem = (
-        (dt, (C, D)), (dt, (C, D)), (dt, (C, D)), (dt, (C, BV)), (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)),
-        (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
+        (dt, (2 * C, D)), (dt, (C, D)), (dt, (C, BV)), (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)), (dt, (C, BV)),
+        (dt, (C, BV)), (f32, (C, BV)), (dt, (C, BV)), ("fragment", (2 * C, BV)), ("fragment", (C, BV)),
+        ("local", (1,)),
     )
 
     @T.macro
     def wy_step(q, k, wk, u0, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
-        """One chunk in the WY form: U = U0 - Wk S, then the state update and the output GEMMs together."""
-        q_s, k_s, wk_s, u0_s, p_s, vec_s, s_s, u_s, ud_s, o_s, ws, qs, lam = smem
-        T.copy(wk[chunk, bh, 0:C, 0:D], wk_s)
-        T.copy(q[bos:bos + C, hk, 0:D], q_s)
+        """One chunk in the WY form: [Wk; Q] S in one GEMM, U = U0 - Wk S, then K^T diag(d) U and P U."""
+        wq_s, k_s, u0_s, p_s, vec_s, s_s, u_s, ud_s, qo_s, o_s, wqs, pu, lam = smem
+        # Wk and Q stacked: both multiply S, so the state chain's first GEMM also yields Q S.
+        T.copy(wk[chunk, bh, 0:C, 0:D], wq_s[0:C, 0:D])
+        T.copy(q[bos:bos + C, hk, 0:D], wq_s[C:2 * C, 0:D])
         T.copy(u0[chunk, bh, 0:C, v0:v0 + BV], u0_s)
         T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
         T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
         T.copy(k[bos:bos + C, hk, 0:D], k_s)
         T.copy(S, s_s)
-        T.gemm(wk_s, s_s, ws, clear_accum=True)
-        T.gemm(q_s, s_s, qs, clear_accum=True)
-        for r, x in T.Parallel(C, BV):
-            u = T.cast(u0_s[r, x], f32) - ws[r, x]
-            u_s[r, x] = T.cast(u, dt)
-            ud_s[r, x] = T.cast(u * vec_s[2, r], dt)
-            qs[r, x] = qs[r, x] * vec_s[1, r]
+        T.gemm(wq_s, s_s, wqs, clear_accum=True)
+        for r, x in T.Parallel(2 * C, BV):
+            if r < C:
+                u = T.cast(u0_s[r, x], f32) - wqs[r, x]
+                u_s[r, x] = T.cast(u, dt)
+                ud_s[r, x] = T.cast(u * vec_s[2, r], dt)
+            else:
+                qo_s[r - C, x] = wqs[r, x] * vec_s[1, r - C]
         lam[0] = vec_s[3, 0]
         for kk, x in T.Parallel(D, BV):
             S[kk, x] = S[kk, x] * lam[0]
-        # The state update and the output's P U share one phase: the O GEMMs are off the state chain.
         T.gemm(k_s, ud_s, S, transpose_A=True)
-        T.gemm(p_s, u_s, qs)
-        T.copy(qs, o_s)
+        T.gemm(p_s, u_s, pu, clear_accum=True)
+        for r, x in T.Parallel(C, BV):
+            o_s[r, x] = T.cast(pu[r, x] + qo_s[r, x], dt)
         for r, x in T.Parallel(C, BV):
             if bos + r < eos:
                 o[bos + r, bh, v0 + x] = o_s[r, x]
