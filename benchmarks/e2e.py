@@ -127,15 +127,10 @@ def main() -> None:
     parser.add_argument("--append", type=int, default=256, help="tokens appended to a session of --tokens")
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--scan-form", choices=("t", "wy"), help="GDN prefill form for our runtime (default: the launcher's)")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers (time our runtime only)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/e2e.py needs a CUDA GPU")
-    if args.scan_form:
-        from qla_agent.kernels.tilelang import prefill
-
-        prefill.SCAN_FORM = args.scan_form
     started = time.perf_counter()
     rows = {"qla-agent": ours(args.shape, args.tokens, args.append, args.decode_steps, args.repeats)}
     print(f"qla-agent: {rows['qla-agent']}", flush=True)

@@ -24,7 +24,7 @@ from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa:
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
-from tests.kernels.test_tilelang_prefill import CASES  # noqa: E402
+from tests.kernels.test_tilelang_prefill import CASES, LAYOUT_CASES, PREP_CASES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 H100_SMS = 132
@@ -34,9 +34,10 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
     common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS)
     calls = [
-        dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, raw_gates=c.raw_gates, l2norm=c.l2norm,
-             varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht, num_seqs=len(c.lens) if c.lens else c.shape.B)
-        for c in CASES
+        dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, gate_dtype=c.gate_dtype,
+             raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht,
+             num_seqs=len(c.lens) if c.lens else c.shape.B)
+        for c in (*CASES, *LAYOUT_CASES)
     ]
     calls.append(dict(key_heads=2, value_heads=4, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
                       has_h0=True, store_ht=True, num_seqs=1))
@@ -58,6 +59,14 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     for call in calls:
         prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
         pairs += [(chunk_prep.program, prep), (chunk_scan.program, scan)]
+    # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
+    pairs += [
+        (chunk_prep.program, chunk_prep.PrepConfig(
+            key_heads=c.hk, value_heads=c.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
+            raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=len(c.lens) > 1, scale=128**-0.5,
+        ))
+        for c in PREP_CASES
+    ]
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
             call = dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,

@@ -78,17 +78,15 @@ def _inputs(lens: tuple[int, ...] | None, batch: int, seqlen: int, hk: int, hv: 
     [(None, 2, 100, 2, 4, False), ((1, 64, 65, 300), 1, 0, 4, 4, True), (None, 1, 1, 1, 2, True)],
     ids=["dense-B2-T100-Hk2-Hv4", "varlen-1_64_65_300-Hk4-Hv4-raw", "dense-B1-T1-Hk1-Hv2-raw"],
 )
-@pytest.mark.parametrize("form", ["t", "wy"])
-def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, hk, hv, raw, form: str) -> None:
+def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, hk, hv, raw) -> None:
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     x = _inputs(lens, batch, seqlen, hk, hv, raw)
-    o, ht = gdn_prefill(**x, use_qk_l2norm=True, form=form)
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     num_seqs = len(lens) if lens else batch
     chunks_needed = sum(-(-n // 64) for n in lens) if lens else batch * -(-seqlen // 64)
-    handed = ("tmat",) if form == "t" else ("wk", "u0")
-    for name in (*handed, "pmat", "vecs"):
+    for name in ("tmat", "pmat", "vecs"):
         assert prep[name].shape[0] >= chunks_needed and prep[name].data_ptr() == scan[name].data_ptr()
     assert scan["n_seqs"] == num_seqs and scan["o"].data_ptr() == o.data_ptr()
     assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
@@ -109,10 +107,8 @@ def _layer_views(seqlen: int, hk: int, hv: int, batch: int = 1) -> dict:
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
-@pytest.mark.parametrize("form", ["t", "wy"])
-def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen: bool, form: str) -> None:
-    """q, k, v and the raw gates go in as the caller's memory, with their token strides as arguments
-    (v goes to chunk_scan in the "t" form, to chunk_prep in the "wy" form)."""
+def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen: bool) -> None:
+    """q, k, v and the raw gates go in as the caller's memory, with their token strides as arguments."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     hk, hv = 2, 4
@@ -120,14 +116,13 @@ def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen:
     if varlen:
         x["cu_seqlens"] = torch.tensor([0, 5, 70], dtype=torch.int32)
         x["initial_state"] = torch.randn(2, hv, 128, 128)
-    gdn_prefill(**x, use_qk_l2norm=True, form=form)
+    gdn_prefill(**x, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
-    v_reader = scan if form == "t" else prep
-    read = (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("q", scan), ("k", scan), ("v", v_reader))
+    read = (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("q", scan), ("k", scan), ("v", scan))
     for name, call in read:
         assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
     conv_dim = (2 * hk + hv) * 128
-    assert prep["q_stride8"] == prep["k_stride8"] == v_reader["v_stride8"] == conv_dim // 8
+    assert prep["q_stride8"] == prep["k_stride8"] == scan["v_stride8"] == conv_dim // 8
     assert prep["g_stride"] == prep["beta_stride"] == 2 * hv
 
 
@@ -220,17 +215,6 @@ def test_launch_plan_is_shared_by_one_signature(fake_kernels) -> None:
     assert o1.data_ptr() != o2.data_ptr() and ht1.data_ptr() != ht2.data_ptr()
     gdn_prefill(**_layer_views(seqlen=16, hk=2, hv=2), use_qk_l2norm=True)
     assert fake_kernels["chunk_scan"] is not first
-
-
-def test_wy_form_reads_no_device_values(fake_kernels) -> None:
-    """The "wy" launch path on meta tensors (no data: any host read raises), as test_no_host_sync does for "t"."""
-    from qla_agent.kernels.tilelang.prefill import gdn_prefill
-    from tests.kernels.test_no_host_sync import _prefill_args
-
-    x = _prefill_args(total=700, num_seqs=3)
-    o, ht = gdn_prefill(**x, use_qk_l2norm=True, form="wy")
-    assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
-    assert fake_kernels["chunk_scan"].calls[-1]["wk"].shape == (700 // 64 + 3, 4, 64, 128)
 
 
 def _first_element(heads: int):

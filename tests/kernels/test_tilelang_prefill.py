@@ -117,13 +117,8 @@ def _fla_error(case: PrefillCase, x: dict[str, torch.Tensor], ref: torch.Tensor)
     return rel_err(ref, o)
 
 
-# What chunk_prep hands chunk_scan (prefill.SCAN_FORM picks one; both are tested).
-FORMS = ["t", "wy"]
-
-
-@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_prefill_matches_reference(case: PrefillCase, form: str) -> None:
+def test_prefill_matches_reference(case: PrefillCase) -> None:
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     device = torch.device("cuda")
@@ -137,7 +132,7 @@ def test_prefill_matches_reference(case: PrefillCase, form: str) -> None:
     _poison_allocator(device)
     o, ht = gdn_prefill(
         x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, out=out_o,
-        final_state_out=out_ht, form=form, **_kwargs(case, x),
+        final_state_out=out_ht, **_kwargs(case, x),
     )
     torch.cuda.synchronize()
     assert o.data_ptr() == out_o.data_ptr()
@@ -152,20 +147,19 @@ def test_prefill_matches_reference(case: PrefillCase, form: str) -> None:
         assert ht is None
 
 
-@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("split", [1, 64, 100])
-def test_prefill_in_two_calls_equals_one(split: int, form: str) -> None:
+def test_prefill_in_two_calls_equals_one(split: int) -> None:
     """prefill(T1) then prefill(T2) from its final state == prefill(T1 + T2), to bf16 rounding."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     case = PrefillCase(_shape(1, 300, 2, 4), l2norm=True)
     x = _inputs(case, torch.device("cuda"), seed=split)
-    whole_o, whole_ht = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], form=form, **_kwargs(case, x))
+    whole_o, whole_ht = gdn_prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], **_kwargs(case, x))
     parts = {n: x[n] for n in ("q", "k", "v", "g", "beta")}
     first = {n: t[:, :split] for n, t in parts.items()}
     second = {n: t[:, split:] for n, t in parts.items()}
-    o1, h1 = gdn_prefill(**first, initial_state=x["initial_state"], use_qk_l2norm=True, form=form)
-    o2, h2 = gdn_prefill(**second, initial_state=h1, use_qk_l2norm=True, form=form)
+    o1, h1 = gdn_prefill(**first, initial_state=x["initial_state"], use_qk_l2norm=True)
+    o2, h2 = gdn_prefill(**second, initial_state=h1, use_qk_l2norm=True)
     assert rel_err(whole_o, torch.cat([o1, o2], dim=1)) < 2e-2
     assert rel_err(whole_ht, h2) < 1e-2
 
@@ -213,10 +207,9 @@ LAYOUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("pad", [0, 4], ids=["in_place", "copied"])
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=[c.id for c in LAYOUT_CASES])
-def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, form: str) -> None:
+def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int) -> None:
     """Strided q/k/v/gates give the compact inputs' results bit for bit, and the reference's to bf16 rounding."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
@@ -226,12 +219,11 @@ def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, form: str
     names = ("q", "k", "v", "g", "beta")
     fp64 = {name: t.double() for name, t in x.items() if t.is_floating_point()}
     ref_o, ref_ht = reference.gdn_chunked(*(fp64[n] for n in names), **_kwargs(case, {**x, **fp64}))
-    compact_o, compact_ht = gdn_prefill(*(x[n] for n in names), form=form, **_kwargs(case, x))
+    compact_o, compact_ht = gdn_prefill(*(x[n] for n in names), **_kwargs(case, x))
     out_o = torch.full_like(x["v"], float("nan"))
     out_ht = torch.full_like(ref_ht, float("nan"), dtype=torch.float32)
     _poison_allocator(device)
-    o, ht = gdn_prefill(*(strided[n] for n in names), out=out_o, final_state_out=out_ht, form=form,
-                        **_kwargs(case, x))
+    o, ht = gdn_prefill(*(strided[n] for n in names), out=out_o, final_state_out=out_ht, **_kwargs(case, x))
     torch.cuda.synchronize()
     assert rel_err(ref_o, o) <= FALLBACK_BOUND and rel_err(ref_ht, ht) <= FALLBACK_BOUND
     assert torch.equal(o, compact_o) and torch.equal(ht, compact_ht)
@@ -284,20 +276,17 @@ PREP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("design,form", [("grouped", "t"), ("per_head", "t"), ("grouped", "wy")])
 @pytest.mark.parametrize("case", PREP_CASES, ids=[c.id for c in PREP_CASES])
-def test_chunk_prep_matches_definitions(case: PrepCase, design: str, form: str) -> None:
-    """tmat (form "t") or wk and u0 (form "wy"), pmat and vecs of every chunk (strided inputs) against their
-    fp64 definitions; spare slots untouched."""
+def test_chunk_prep_matches_definitions(case: PrepCase) -> None:
+    """tmat, pmat and vecs of every chunk (strided inputs) against their fp64 definitions; spare slots untouched."""
     from qla_agent.kernels.tilelang import build, chunk_prep
-    from tests.kernels.test_chunk_prep_algebra import prep_expected, wy_expected
+    from tests.kernels.test_chunk_prep_algebra import prep_expected
 
     device = torch.device("cuda")
     gen = torch.Generator().manual_seed(len(case.id))
     ntok, varlen = sum(case.lens), len(case.lens) > 1
     q = torch.randn(ntok, case.hk, 128, generator=gen).to(device, torch.bfloat16)
     k = (3 * torch.randn(ntok, case.hk, 128, generator=gen)).to(device, torch.bfloat16)
-    v = torch.randn(ntok, case.hv, 128, generator=gen).to(device, torch.bfloat16)
     if not case.l2norm:
         k = k / k.float().norm(dim=-1, keepdim=True).to(torch.bfloat16)
     if case.raw_gates:
@@ -307,68 +296,32 @@ def test_chunk_prep_matches_definitions(case: PrepCase, design: str, form: str) 
         g, beta = -0.2 * torch.rand(ntok, case.hv, generator=gen), torch.rand(ntok, case.hv, generator=gen)
         a_log = dt_bias = torch.zeros(case.hv)
     g, beta, a_log, dt_bias = (x.to(device) for x in (g, beta, a_log, dt_bias))
-    # Read as the runtime passes them: q, k, v column slices of a conv output, the gates the halves of
-    # one [T, 2 Hv] projection.
-    views = runtime_layout(dict(q=q[None], k=k[None], v=v[None], g=g[None], beta=beta[None]))
-    qs, ks, vs, gs, bs = (views[n][0] for n in ("q", "k", "v", "g", "beta"))
+    # Read as the runtime passes them: q, k column slices of a conv output (v's columns NaN), the
+    # gates the halves of one [T, 2 Hv] projection.
+    v_nan = torch.full((1, ntok, case.hv, 128), float("nan"), dtype=torch.bfloat16, device=device)
+    views = runtime_layout(dict(q=q[None], k=k[None], v=v_nan, g=g[None], beta=beta[None]))
+    qs, ks, gs, bs = (views[n][0] for n in ("q", "k", "g", "beta"))
     cu = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
     cfg = chunk_prep.PrepConfig(
         key_heads=case.hk, value_heads=case.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
-        raw_gates=case.raw_gates, l2norm=case.l2norm, varlen=varlen, scale=128**-0.5, design=design, form=form,
+        raw_gates=case.raw_gates, l2norm=case.l2norm, varlen=varlen, scale=128**-0.5,
     )
     kernel = build.compiled(chunk_prep.program, cfg, build.device_arch(device))
     chunks = sum(-(-n // 64) for n in case.lens)
     slots = ntok // 64 + len(case.lens) if varlen else chunks
-
-    def poisoned(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-        return torch.full((slots, case.hv, *shape), float("nan"), dtype=dtype, device=device)
-
-    pmat, vecs = poisoned(64, 64), poisoned(4, 64, dtype=torch.float32)
-    strides = (qs.stride(0) // 8, ks.stride(0) // 8)
-    if form == "t":
-        handed = {"tmat": poisoned(64, 64)}
-        kernel(qs, ks, gs, bs, a_log, dt_bias, cu, *handed.values(), pmat, vecs, ntok, *strides, gs.stride(0),
-               bs.stride(0))
-    else:
-        handed = {"wk": poisoned(64, 128), "u0": poisoned(64, 128)}
-        kernel(qs, ks, vs, gs, bs, a_log, dt_bias, cu, *handed.values(), pmat, vecs, ntok, *strides,
-               vs.stride(0) // 8, gs.stride(0), bs.stride(0))
+    tmat = torch.full((slots, case.hv, 64, 64), float("nan"), dtype=torch.bfloat16, device=device)
+    pmat = torch.full_like(tmat, float("nan"))
+    vecs = torch.full((slots, case.hv, 4, 64), float("nan"), dtype=torch.float32, device=device)
+    kernel(qs, ks, gs, bs, a_log, dt_bias, cu, tmat, pmat, vecs, ntok, qs.stride(0) // 8, ks.stride(0) // 8,
+           gs.stride(0), bs.stride(0))
     torch.cuda.synchronize()
     ref_t, ref_p, ref_v = prep_expected(
         q.cpu(), k.cpu(), g.cpu(), beta.cpu(), scale=128**-0.5, l2norm=case.l2norm,
         a_log=a_log.cpu() if case.raw_gates else None, dt_bias=dt_bias.cpu() if case.raw_gates else None,
         lens=list(case.lens),
     )
-    refs = {"tmat": ref_t} if form == "t" else dict(zip(("wk", "u0"), wy_expected(
-        ref_t, ref_v, k.cpu(), v.cpu(), lens=list(case.lens))))
-    outs = {**handed, "pmat": pmat, "vecs": vecs}
-    refs.update(pmat=ref_p, vecs=ref_v)
-    for name, out in outs.items():
-        bound = 1e-4 if name == "vecs" else 1e-2
-        err = rel_err(refs[name], out[:chunks].cpu())
-        assert err <= bound, f"{name}: rel err {err:.2e} > {bound:.0e} ({design}, {form})"
-    for name, out in handed.items():
-        assert torch.isnan(out[chunks:].float()).all(), f"a spare chunk slot of {name} was written"
-
-
-@pytest.mark.parametrize("form", FORMS)
-def test_prefill_replays_in_cuda_graph(form: str) -> None:
-    """Both forms capture in a CUDA graph (no host sync) and replay new values and lengths to the eager result."""
-    from qla_agent.kernels.tilelang.prefill import gdn_prefill
-    from tests.kernels.test_tilelang_graphs import _capture, _replay_on
-
-    case = PrefillCase(_shape(1, 493, 2, 4), lens=(1, 63, 64, 65, 300), l2norm=True)
-    device = torch.device("cuda")
-    static, fresh = _inputs(case, device, seed=11), _inputs(case, device, seed=12)
-    fresh["cu_seqlens"] = torch.tensor([0, 100, 101, 250, 430, 493], device=device)
-
-    def call() -> tuple[torch.Tensor, torch.Tensor]:
-        return gdn_prefill(static["q"], static["k"], static["v"], static["g"], static["beta"], form=form,
-                           **_kwargs(case, static))
-
-    graph, (o, ht) = _capture(call)
-    _replay_on(graph, static, fresh, o, ht)
-    torch.cuda.synchronize()
-    eager_o, eager_ht = gdn_prefill(fresh["q"], fresh["k"], fresh["v"], fresh["g"], fresh["beta"], form=form,
-                                    **_kwargs(case, fresh))
-    assert torch.equal(o, eager_o) and torch.equal(ht, eager_ht)
+    bounds = {"tmat": 1e-2, "pmat": 1e-2, "vecs": 1e-4}
+    for (name, bound), ref, out in zip(bounds.items(), (ref_t, ref_p, ref_v), (tmat, pmat, vecs)):
+        err = rel_err(ref, out[:chunks].cpu())
+        assert err <= bound, f"{name}: rel err {err:.2e} > {bound:.0e}"
+    assert torch.isnan(tmat[chunks:].float()).all(), "a spare chunk slot was written"

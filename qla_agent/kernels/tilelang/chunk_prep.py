@@ -14,24 +14,13 @@ blocked: 16x16 diagonal blocks by forward substitution on CUDA cores (D), then
 (I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower (M^4 = 0), on fp16 tensor cores
 (fp32 accumulation).
 
-Two forms (`PrepConfig.form`) of what the scan gets besides pmat and vecs:
-- "t": tmat itself; the scan reads v and computes U = T (V - diag(a) K S) (three GEMMs on its state chain).
-- "wy": wk [c, h, 64, 128] = T diag(a) K and u0 [c, h, 64, 128] = T V (input dtype; FLA's w and u), so
-  the scan's U = U0 - Wk S is one GEMM. Neither depends on S, so they are chunk-parallel. T diag(a) and
-  T go to shared memory in the input dtype and meet k (raw: its norm is in a) and v (loaded as zeros
-  past the sequence end) on tensor cores, 64 output columns at a time. Costs per chunk and value head:
-  16 KB more read (v) and 24 KB more written (wk and u0 replace tmat), 58.6 KB of shared memory at
-  Hv = Hk (three CTAs per SM on the H100 instead of four), 88-90 KB at Hv > Hk (two).
+Inputs are read in place: q and k with a runtime token stride, ROW_ALIGN x a scalar argument (so 16-byte
+vector loads stay provably aligned), g and beta with any token stride; the model's column slices of its
+conv output and gate projection need no copies.
 
-Inputs are read in place: q and k (and v: in `chunk_scan`, or here in the "wy" form) with a runtime
-token stride, ROW_ALIGN x a scalar argument (so 16-byte vector loads stay provably aligned), g and beta
-with any token stride; the model's column slices of its conv output and gate projection need no copies.
-
-Two designs (`PrepConfig.design`):
-- "grouped": one CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
-  the loads, norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
-  (I + M)^-1 = (I - M)(I + M^2), so D (I + M)^-1 = Y + Y M^2 with Y = D - D M (M^2 and D M in one phase).
-- "per_head": one CTA per (chunk, value head), (I + M)^-1 by Horner's rule (three dependent GEMMs).
+One CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so the loads,
+norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
+(I + M)^-1 = (I - M)(I + M^2), so D (I + M)^-1 = Y + Y M^2 with Y = D - D M (M^2 and D M in one phase).
 """
 
 from dataclasses import dataclass
@@ -45,14 +34,8 @@ CHUNK = 64
 # prove every row start 16-byte aligned and keep 16-byte vector loads.
 ROW_ALIGN = 8
 LOG2E = 1.4426950408889634
-DESIGNS = ("grouped", "per_head")
-# What the scan gets: "t" = T itself; "wy" = Wk = T diag(a) K and U0 = T V (see the module docstring).
-FORMS = ("t", "wy")
-# CTAs per SM the grouped design asks registers for (ptxas caps them at 65536 / (128 x this)).
-GROUPED_MIN_BLOCKS = 4
-# The "wy" form keeps K and a value tile in shared memory through the inverse (58.6 KB at Hv = Hk):
-# three CTAs fit an SM, so it asks for registers for three (168: no spill; 128 spilled 172 bytes).
-WY_MIN_BLOCKS = 3
+# CTAs per SM the kernel asks registers for (ptxas caps them at 65536 / (128 x this)).
+MIN_BLOCKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,25 +51,11 @@ class PrepConfig:
     l2norm: bool
     varlen: bool
     scale: float
-    design: str = "grouped"  # one of DESIGNS (see the module docstring)
-    form: str = "t"  # one of FORMS; "wy" only with the grouped design
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):
     """A kernel input [tokens, heads, D], compact but for its token stride: ROW_ALIGN x stride8 (runtime)."""
     return T.StridedTensor(shape, (stride8 * ROW_ALIGN, shape[-1], 1), dtype)
-
-
-def program(cfg: PrepConfig):
-    """The prim_func for `cfg`: grid (chunks, key heads) when grouped, else (chunks, value heads); 128 threads."""
-    if cfg.design not in DESIGNS:
-        raise ValueError(f"PrepConfig.design must be one of {DESIGNS}, got {cfg.design!r}")
-    if cfg.form not in FORMS or (cfg.form == "wy" and cfg.design != "grouped"):
-        raise ValueError(f"PrepConfig.form must be one of {FORMS} ('wy' needs design='grouped'), got {cfg.form!r}"
-                         f" with design {cfg.design!r}")
-    if cfg.design == "grouped":
-        return _grouped_program(cfg)
-    return _per_head_program(cfg)
 
 
 @T.macro
@@ -116,50 +85,15 @@ def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
         span[1] = (bc // per_seq) * seq_len + seq_len
 
 
-def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
-    """The prim_func shared by both designs: finds the chunk's token range, then runs `body` on it.
-
-    Grid (chunk slots, heads); a slot past the last chunk of a varlen batch exits. The form decides the
-    outputs `body` gets: (tmat,) for "t", (wk, u0) for "wy" (which also reads v).
-    """
+def _kernel(cfg: PrepConfig, body):
+    """The prim_func: grid (chunk slots, key heads), 128 threads; finds the chunk's token range, then runs
+    `body` on it. A slot past the last chunk of a varlen batch exits."""
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
-    sq, sk, sv, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8", "sg", "sb"))
-
-    if cfg.form == "wy":
-        @T.prim_func
-        def chunk_prep(
-            q: strided_rows((ntok, Hk, D), sq, dt),
-            k: strided_rows((ntok, Hk, D), sk, dt),
-            v: strided_rows((ntok, Hv, D), sv, dt),
-            g: T.StridedTensor((ntok, Hv), (sg, 1), cfg.gate_dtype),
-            beta: T.StridedTensor((ntok, Hv), (sb, 1), cfg.gate_dtype),
-            a_log: T.Tensor((Hv,), cfg.param_dtype),
-            dt_bias: T.Tensor((Hv,), cfg.param_dtype),
-            cu_seqlens: T.Tensor((ncu,), "int32"),
-            wk: T.Tensor((nchunk, Hv, C, D), dt),
-            u0: T.Tensor((nchunk, Hv, C, D), dt),
-            pmat: T.Tensor((nchunk, Hv, C, C), dt),
-            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
-            seq_len: T.int32,
-            q_stride8: sq,
-            k_stride8: sk,
-            v_stride8: sv,
-            g_stride: sg,
-            beta_stride: sb,
-        ):
-            with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
-                T.annotate_min_blocks_per_sm(min_blocks)
-                tx = T.get_thread_binding()
-                span = T.alloc_local((3,), "int32")
-                _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
-                if span[2] == 1:
-                    body(q, k, v, g, beta, a_log, dt_bias, (wk, u0), pmat, vecs, bc, bh, span[0], span[1], tx)
-
-        return chunk_prep
+    sq, sk, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sg", "sb"))
 
     @T.prim_func
     def chunk_prep(
@@ -179,135 +113,19 @@ def _kernel(cfg: PrepConfig, heads: int, body, min_blocks: int):
         g_stride: sg,
         beta_stride: sb,
     ):
-        with T.Kernel(nchunk, heads, threads=128) as (bc, bh):
-            T.annotate_min_blocks_per_sm(min_blocks)
+        with T.Kernel(nchunk, Hk, threads=128) as (bc, bh):
+            T.annotate_min_blocks_per_sm(MIN_BLOCKS)
             tx = T.get_thread_binding()
             span = T.alloc_local((3,), "int32")
             _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
             if span[2] == 1:
-                body(q, k, None, g, beta, a_log, dt_bias, (tmat,), pmat, vecs, bc, bh, span[0], span[1], tx)
+                body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, span[0], span[1], tx)
 
     return chunk_prep
 
 
-def _per_head_program(cfg: PrepConfig):
-    """One CTA per (chunk, value head); (I + M)^-1 = I - M (I - M (I - M)) by Horner's rule."""
-    dt, f32 = cfg.dtype, "float32"
-    Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
-    group = Hv // Hk
-    scale = float(cfg.scale)
-
-    @T.macro
-    def per_head_body(q, k, v, g, beta, a_log, dt_bias, outs, pmat, vecs, bc, bh, bos, eos, tx):
-        tmat = outs[0]
-        hk = bh // group
-        k_s = T.alloc_shared((C, D), dt)
-        q_s = T.alloc_shared((C, D), dt)
-        g_s = T.alloc_shared((C,), f32)
-        b_s = T.alloc_shared((C,), f32)
-        gam_s = T.alloc_shared((C,), f32)
-        rk_s = T.alloc_shared((C,), f32)
-        rq_s = T.alloc_shared((C,), f32)
-        l_s = T.alloc_shared((C, C), f32)
-        lo_s = T.alloc_shared((C, C), "float16")
-        d_s = T.alloc_shared((C, C), "float16")
-        m_s = T.alloc_shared((C, C), "float16")
-        z_s = T.alloc_shared((C, C), "float16")
-        out_s = T.alloc_shared((C, C), dt)
-        kk = T.alloc_fragment((C, C), f32)
-        qk = T.alloc_fragment((C, C), f32)
-        acc = T.alloc_fragment((C, C), f32)
-        xs = T.alloc_local((16,), f32)
-
-        for r, c in T.Parallel(C, D):
-            if bos + r < eos:
-                k_s[r, c] = k[bos + r, hk, c]
-                q_s[r, c] = q[bos + r, hk, c]
-            else:
-                k_s[r, c] = T.cast(0, dt)
-                q_s[r, c] = T.cast(0, dt)
-        for r in T.Parallel(C):
-            if bos + r < eos:
-                if cfg.raw_gates:
-                    x = T.cast(g[bos + r, bh], f32) + T.cast(dt_bias[bh], f32)
-                    softplus = T.if_then_else(x > 20.0, x, T.log(1.0 + T.exp(x)))
-                    g_s[r] = -T.exp(T.cast(a_log[bh], f32)) * softplus
-                    b_s[r] = T.sigmoid(T.cast(beta[bos + r, bh], f32))
-                else:
-                    g_s[r] = T.cast(g[bos + r, bh], f32)
-                    b_s[r] = T.cast(beta[bos + r, bh], f32)
-            else:
-                g_s[r] = 0.0
-                b_s[r] = 0.0
-        T.cumsum(src=g_s, dst=gam_s, dim=0)
-        if cfg.l2norm:
-            sq = T.alloc_fragment((C, D), f32)
-            ss = T.alloc_fragment((C,), f32)
-            for r, c in T.Parallel(C, D):
-                sq[r, c] = T.cast(k_s[r, c], f32) * T.cast(k_s[r, c], f32)
-            T.reduce_sum(sq, ss, dim=1)
-            for r in T.Parallel(C):
-                rk_s[r] = T.rsqrt(ss[r] + 1e-6)
-            for r, c in T.Parallel(C, D):
-                sq[r, c] = T.cast(q_s[r, c], f32) * T.cast(q_s[r, c], f32)
-            T.reduce_sum(sq, ss, dim=1)
-            for r in T.Parallel(C):
-                rq_s[r] = T.rsqrt(ss[r] + 1e-6)
-        else:
-            for r in T.Parallel(C):
-                rk_s[r] = 1.0
-                rq_s[r] = 1.0
-
-        T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
-        T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
-        for r, c in T.Parallel(C, C):
-            decay = T.exp2(T.min(gam_s[r] - gam_s[c], 0.0) * LOG2E)
-            lval = T.if_then_else(c < r, b_s[r] * kk[r, c] * rk_s[r] * rk_s[c] * decay, 0.0)
-            l_s[r, c] = lval
-            lo_s[r, c] = T.cast(T.if_then_else(r // 16 > c // 16, lval, 0.0), "float16")
-            d_s[r, c] = T.cast(0, "float16")
-            out_s[r, c] = T.cast(T.if_then_else(c <= r, scale * qk[r, c] * rq_s[r] * rk_s[c] * decay, 0.0), dt)
-        T.copy(out_s, pmat[bc, bh, 0:C, 0:C])
-
-        # Inverses of the four 16x16 unit-lower diagonal blocks, one column per thread.
-        if tx < C:
-            blk = tx // 16
-            col = tx % 16
-            for i in T.unroll(16):
-                xs[i] = T.if_then_else(i == col, 1.0, 0.0)
-                for j in T.unroll(16):
-                    if j < i:
-                        xs[i] = xs[i] - l_s[blk * 16 + i, blk * 16 + j] * xs[j]
-            for i in T.unroll(16):
-                d_s[blk * 16 + i, blk * 16 + col] = T.cast(xs[i], "float16")
-
-        # M = L_off D; Z = I - M (I - M (I - M)); X = D Z = (I + L)^-1.
-        T.gemm(lo_s, d_s, acc, clear_accum=True)
-        for r, c in T.Parallel(C, C):
-            m_s[r, c] = T.cast(acc[r, c], "float16")
-            z_s[r, c] = T.cast(T.if_then_else(r == c, 1.0, 0.0) - acc[r, c], "float16")
-        for _ in T.serial(2):
-            T.gemm(m_s, z_s, acc, clear_accum=True)
-            for r, c in T.Parallel(C, C):
-                z_s[r, c] = T.cast(T.if_then_else(r == c, 1.0, 0.0) - acc[r, c], "float16")
-        T.gemm(d_s, z_s, acc, clear_accum=True)
-        for r, c in T.Parallel(C, C):
-            out_s[r, c] = T.cast(acc[r, c] * b_s[c], dt)
-        T.copy(out_s, tmat[bc, bh, 0:C, 0:C])
-
-        for r in T.Parallel(C):
-            valid = bos + r < eos
-            e = T.exp2(gam_s[r] * LOG2E)
-            vecs[bc, bh, 0, r] = T.if_then_else(valid, e * rk_s[r], 0.0)
-            vecs[bc, bh, 1, r] = T.if_then_else(valid, scale * e * rq_s[r], 0.0)
-            vecs[bc, bh, 2, r] = T.if_then_else(valid, T.exp2((gam_s[C - 1] - gam_s[r]) * LOG2E) * rk_s[r], 0.0)
-            vecs[bc, bh, 3, r] = T.exp2(gam_s[C - 1] * LOG2E)
-
-    return _kernel(cfg, Hv, per_head_body, 1)
-
-
-def _grouped_program(cfg: PrepConfig):
-    """One CTA per (chunk, key head) computes every value head of the group (see `program`)."""
+def program(cfg: PrepConfig):
+    """The prim_func for `cfg`: one CTA per (chunk, key head) computes every value head of its group."""
     dt, f32, f16 = cfg.dtype, "float32", "float16"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
     G = Hv // Hk
@@ -420,51 +238,14 @@ def _grouped_program(cfg: PrepConfig):
         T.gemm(z_s, m_s, acc2)
 
     @T.macro
-    def store_t(acc2, b_s, v, tmat, bc, h):
-        """tmat[bc, h] = T = X diag(beta), stored from registers."""
-        for r, c in T.Parallel(C, C):
-            tmat[bc, h, r, c] = T.cast(acc2[r, c] * b_s[v, c], dt)
-
-    @T.macro
-    def load_values(v_src, h, bos, eos, tx, v_s):
-        """v_s = the chunk's value rows of head h, zero past the sequence end (16-byte loads)."""
-        c0 = (tx % 16) * 8
-        for i in T.unroll(row_steps):
-            valid = bos + i * 8 + tx // 16 < eos
-            for j in T.vectorized(8):
-                v_s[i * 8 + tx // 16, c0 + j] = T.if_then_else(
-                    valid, v_src[bos + i * 8 + tx // 16, h, c0 + j], T.cast(0, dt))
-
-    @T.macro
-    def store_wy(acc2, acc, gam_s, b_s, rk_s, v, k_s, v_s, ta_s, tb_s, wk, u0, bc, h):
-        """wk[bc, h] = T diag(a) K and u0[bc, h] = T V (a = exp(gamma) rk folds the key norm), from registers,
-        64 columns at a time through acc (a [64, 128] fragment would spill at 128 registers)."""
-        for r, c in T.Parallel(C, C):
-            tb = acc2[r, c] * b_s[v, c]
-            ta_s[r, c] = T.cast(tb * T.exp2(gam_s[v, c] * LOG2E) * rk_s[c], dt)
-            tb_s[r, c] = T.cast(tb, dt)
-        for half in T.unroll(D // C):
-            T.gemm(ta_s, k_s[0:C, half * C:half * C + C], acc, clear_accum=True)
-            for r, c in T.Parallel(C, C):
-                wk[bc, h, r, half * C + c] = T.cast(acc[r, c], dt)
-        for half in T.unroll(D // C):
-            T.gemm(tb_s, v_s[0:C, half * C:half * C + C], acc, clear_accum=True)
-            for r, c in T.Parallel(C, C):
-                u0[bc, h, r, half * C + c] = T.cast(acc[r, c], dt)
-
-    @T.macro
-    def value_head(kk_src, v, h, gam_s, b_s, rk_s, tx, inner, k_s, v_src, wy, outs, bc, bos, eos):
-        """The group's v-th value head h: its inverse, then tmat (form "t") or wk and u0 (form "wy")."""
-        if cfg.form == "wy":
-            load_values(v_src, h, bos, eos, tx, wy[0])
+    def value_head(kk_src, v, h, gam_s, b_s, rk_s, tx, inner, tmat, bc):
+        """tmat[bc, h] = T = X diag(beta) of the group's v-th value head h, stored from registers."""
         inverse(kk_src, gam_s, b_s, rk_s, v, tx, *inner)
-        if cfg.form == "wy":
-            store_wy(inner[6], inner[5], gam_s, b_s, rk_s, v, k_s, *wy, *outs, bc, h)
-        else:
-            store_t(inner[6], b_s, v, *outs, bc, h)
+        for r, c in T.Parallel(C, C):
+            tmat[bc, h, r, c] = T.cast(inner[6][r, c] * b_s[v, c], dt)
 
     @T.macro
-    def grouped_body(q, k, v_src, g, beta, a_log, dt_bias, outs, pmat, vecs, bc, hk, bos, eos, tx):
+    def grouped_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
         k_s = T.alloc_shared((C, D), dt)
         q_s = T.alloc_shared((C, D), dt)
         g_s = T.alloc_shared((G, C), f32)
@@ -490,24 +271,14 @@ def _grouped_program(cfg: PrepConfig):
         scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk)
         T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
         inner = (blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs)
-        wy = ()
-        if cfg.form == "wy":
-            if G == 1:
-                wy = (T.alloc_shared((C, D), dt), T.alloc_shared((C, C), dt), T.alloc_shared((C, C), dt))
-            else:
-                # The allocator shares no buffer used inside the value-head loop, so 16 KB more would not
-                # fit sm_86/89: the value tile takes q's buffer (q is dead after Q K^T), T diag(a) and T
-                # take lo_s and d_s (dead once Y is formed), viewed as the input dtype.
-                wy = (q_s, T.view(lo_s, dtype=dt), T.view(d_s, dtype=dt))
-        head = (gam_s, b_s, rk_s, tx, inner, k_s, v_src, wy, outs, bc, bos, eos)
         if G == 1:
-            value_head(kk, 0, hk, *head)
+            value_head(kk, 0, hk, gam_s, b_s, rk_s, tx, inner, tmat, bc)
         else:
             # K K^T waits in shared memory while the group's value heads take turns with the registers.
             kk_s = T.alloc_shared((C, C), f32)
             T.copy(kk, kk_s)
             for v in T.serial(G):
-                value_head(kk_s, v, hk * G + v, *head)
+                value_head(kk_s, v, hk * G + v, gam_s, b_s, rk_s, tx, inner, tmat, bc)
         for v, r in T.Parallel(G, C):
             valid = bos + r < eos
             e = T.exp2(gam_s[v, r] * LOG2E)
@@ -517,4 +288,4 @@ def _grouped_program(cfg: PrepConfig):
             vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
             vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
 
-    return _kernel(cfg, Hk, grouped_body, WY_MIN_BLOCKS if cfg.form == "wy" else GROUPED_MIN_BLOCKS)
+    return _kernel(cfg, grouped_body)

@@ -9,16 +9,7 @@ in order with the fp32 state slice S [128, block_v] in registers. With T, P and 
     O = diag(o) (Q S) + P U                o = scale exp(gamma) rq
     S = lambda S + K^T diag(d) U           d = exp(gamma_C - gamma) rk, lambda = exp(gamma_C)
 
-In the "wy" form (`ScanConfig.form`; chunk_prep wrote Wk = T diag(a) K and U0 = T V instead of T) the
-first two lines are one GEMM, U = U0 - Wk S, since T (V - diag(a) K S) = T V - (T diag(a) K) S: the state
-chain S -> Wk S -> U -> K^T diag(d) U -> S has two GEMMs instead of three, and v is not read here.
-Wk and Q are stacked into one [128, 128] tile, so Wk S and Q S are one GEMM (each warp runs two
-independent accumulator chains, one barrier pair); diag(o) Q S waits in shared memory (fp32) for P U.
-Generated code (sm_90a, block_v 16, 256 threads): 28 mma per warp per chunk (t: 32), of which 16
-dependent steps in a row (t: 28), 13 barriers in the loop body (t: 17); 154 registers, 74.8 KB of shared
-memory (t with split_k: 148, 80.9 KB); block_v 32: 252 registers, 91 KB; block_v 64: 124 KB.
-
-K S (Wk S), Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
+K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
 loaded there never reaches S or a stored output. q, k and v are read through their token strides
 (`chunk_prep.strided_rows`).
@@ -29,7 +20,7 @@ from dataclasses import dataclass
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
-from qla_agent.kernels.tilelang.chunk_prep import CHUNK, FORMS, strided_rows
+from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +39,10 @@ class ScanConfig:
     # A second K tile for the state update: the first one's last use is then at the top of a chunk,
     # so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
     split_k: bool = False
-    # What chunk_prep wrote (chunk_prep.FORMS): "t" reads T and V, "wy" reads Wk and U0 (no split_k).
-    form: str = "t"
 
 
 def program(cfg: ScanConfig):
     """The prim_func for `cfg`: grid (128 / block_v, value heads, sequences)."""
-    if cfg.form not in FORMS or (cfg.form == "wy" and cfg.split_k):
-        raise ValueError(f"ScanConfig.form must be one of {FORMS} (split_k only with 't'), got {cfg.form!r}"
-                         f" with split_k={cfg.split_k}")
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C, BV = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK, cfg.block_v
     group = Hv // Hk
@@ -68,48 +54,11 @@ def program(cfg: ScanConfig):
     sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
 
     # Buffers of a chunk step, allocated once per CTA: (dtype, or "fragment" / "local" for fp32 registers; shape).
-    t_smem = (
+    step_buffers = (
         (dt, (C, D)), (dt, (C, D)), (dt, (C, D) if cfg.split_k else (1, 8)), (dt, (C, BV)), (dt, (C, C)),
         (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)),
         ("fragment", (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
     )
-    wy_smem = (
-        (dt, (2 * C, D)), (dt, (C, D)), (dt, (C, BV)), (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)), (dt, (C, BV)),
-        (dt, (C, BV)), (f32, (C, BV)), (dt, (C, BV)), ("fragment", (2 * C, BV)), ("fragment", (C, BV)),
-        ("local", (1,)),
-    )
-
-    @T.macro
-    def wy_step(q, k, wk, u0, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
-        """One chunk in the WY form: [Wk; Q] S in one GEMM, U = U0 - Wk S, then K^T diag(d) U and P U."""
-        wq_s, k_s, u0_s, p_s, vec_s, s_s, u_s, ud_s, qo_s, o_s, wqs, pu, lam = smem
-        # Wk and Q stacked: both multiply S, so the state chain's first GEMM also yields Q S.
-        T.copy(wk[chunk, bh, 0:C, 0:D], wq_s[0:C, 0:D])
-        T.copy(q[bos:bos + C, hk, 0:D], wq_s[C:2 * C, 0:D])
-        T.copy(u0[chunk, bh, 0:C, v0:v0 + BV], u0_s)
-        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
-        T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
-        T.copy(k[bos:bos + C, hk, 0:D], k_s)
-        T.copy(S, s_s)
-        T.gemm(wq_s, s_s, wqs, clear_accum=True)
-        for r, x in T.Parallel(2 * C, BV):
-            if r < C:
-                u = T.cast(u0_s[r, x], f32) - wqs[r, x]
-                u_s[r, x] = T.cast(u, dt)
-                ud_s[r, x] = T.cast(u * vec_s[2, r], dt)
-            else:
-                qo_s[r - C, x] = wqs[r, x] * vec_s[1, r - C]
-        lam[0] = vec_s[3, 0]
-        for kk, x in T.Parallel(D, BV):
-            S[kk, x] = S[kk, x] * lam[0]
-        T.gemm(k_s, ud_s, S, transpose_A=True)
-        T.gemm(p_s, u_s, pu, clear_accum=True)
-        for r, x in T.Parallel(C, BV):
-            o_s[r, x] = T.cast(pu[r, x] + qo_s[r, x], dt)
-        for r, x in T.Parallel(C, BV):
-            if bos + r < eos:
-                o[bos + r, bh, v0 + x] = o_s[r, x]
-
     @T.macro
     def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
         q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = smem
@@ -145,8 +94,8 @@ def program(cfg: ScanConfig):
                 o[bos + r, bh, v0 + x] = o_s[r, x]
 
     @T.macro
-    def walk(step, inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, smem_shapes):
-        """The whole CTA: find the sequence, hold S in registers and run `step` over its chunks."""
+    def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs):
+        """The whole CTA: find the sequence, hold S in registers and run `chunk_step` over its chunks."""
         with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
             # (first token, end, first chunk) of sequence bn
             span = T.alloc_local((3,), "int32")
@@ -163,7 +112,7 @@ def program(cfg: ScanConfig):
             smem = tuple(
                 T.alloc_local(shape, f32) if kind == "local" else
                 T.alloc_fragment(shape, f32) if kind == "fragment" else
-                T.alloc_shared(shape, kind) for kind, shape in smem_shapes
+                T.alloc_shared(shape, kind) for kind, shape in step_buffers
             )
             S = T.alloc_fragment((D, BV), f32)
             if cfg.has_initial_state:
@@ -171,31 +120,9 @@ def program(cfg: ScanConfig):
             else:
                 T.clear(S)
             for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
-                step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, smem)
+                chunk_step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, smem)
             if cfg.store_final_state:
                 T.copy(S, ht[bn, bh, 0:D, bv * BV:bv * BV + BV])
-
-    if cfg.form == "wy":
-        @T.prim_func
-        def chunk_scan(
-            q: strided_rows((ntok, Hk, D), sq, dt),
-            k: strided_rows((ntok, Hk, D), sk, dt),
-            wk: T.Tensor((nchunk, Hv, C, D), dt),
-            u0: T.Tensor((nchunk, Hv, C, D), dt),
-            pmat: T.Tensor((nchunk, Hv, C, C), dt),
-            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
-            h0: T.Tensor((nh0, Hv, D, D), f32),
-            cu_seqlens: T.Tensor((ncu,), "int32"),
-            o: T.Tensor((ntok, Hv, D), dt),
-            ht: T.Tensor((nht, Hv, D, D), f32),
-            seq_len: T.int32,
-            n_seqs: T.int32,
-            q_stride8: sq,
-            k_stride8: sk,
-        ):
-            walk(wy_step, (q, k, wk, u0, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, wy_smem)
-
-        return chunk_scan
 
     @T.prim_func
     def chunk_scan(
@@ -215,6 +142,6 @@ def program(cfg: ScanConfig):
         k_stride8: sk,
         v_stride8: sv,
     ):
-        walk(chunk_step, (q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, t_smem)
+        walk((q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs)
 
     return chunk_scan

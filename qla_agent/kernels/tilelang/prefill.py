@@ -21,10 +21,6 @@ ROW_ALIGN = chunk_prep.ROW_ALIGN
 VECTOR_BYTES = 16
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
-# What chunk_prep hands chunk_scan (chunk_prep.FORMS): "t" (T, the scan reads v) or "wy" (Wk = T diag(a) K
-# and U0 = T V: one GEMM fewer on the scan's state chain, 48 KB more traffic per chunk and value head).
-# "t" until both are timed on the GPU (benchmarks/scan_forms.py).
-SCAN_FORM = "t"
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
     """block_v, threads and split_k of chunk_scan for N x Hv = parallel_units (measured on the H100).
@@ -43,7 +39,7 @@ def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
 def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
-    arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None, form: str = SCAN_FORM,
+    arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
     """The two kernel configs of one call (a pure function of shapes and flags, for precompiling too).
 
@@ -54,16 +50,13 @@ def prefill_configs(
     prep = chunk_prep.PrepConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=tl[gate_dtype],
         param_dtype=tl[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
-        form=form,
     )
     tile = pick_scan_tile(arch, num_seqs * value_heads, sm_count)
     if block_v is not None:
         tile["block_v"] = block_v
-    # The second K tile hides K's prefetch behind the first use of K S; the WY form has no K S.
-    tile["split_k"] = tile["split_k"] and form == "t"
     scan = chunk_scan.ScanConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0,
-        store_final_state=store_ht, varlen=varlen, form=form, **tile,
+        store_final_state=store_ht, varlen=varlen, **tile,
     )
     return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
@@ -89,7 +82,7 @@ _plans: dict[tuple, LaunchPlan] = {}
 def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
-    has_h0: bool, store_ht: bool, num_seqs: int, block_v: int | None, overrides: tuple, form: str,
+    has_h0: bool, store_ht: bool, num_seqs: int, block_v: int | None, overrides: tuple,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
@@ -98,7 +91,6 @@ def _make_plan(
         param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
         raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
         num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
-        form=form,
     )
     return LaunchPlan(
         prep=build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
@@ -147,15 +139,14 @@ def gdn_prefill(
     cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
-    scan_overrides: dict | None = None, prep_only: bool = False, form: str | None = None,
+    scan_overrides: dict | None = None, prep_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
     q, k [B,T,Hk,128]; v [B,T,Hv,128] bf16/fp16; g, beta [B,T,Hv]; initial_state [N,Hv,128,128] fp32
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
     (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
-    override the scan tile config, prep_only stops after the first launch (for timing it), form picks
-    what the two kernels exchange (default SCAN_FORM).
+    override the scan tile config, prep_only stops after the first launch (for timing it).
     Per call this runs two kernels, makes five allocations and views the inputs: q, k, v, g and beta
     are read through their token strides (`token_rows`, `gate_rows`; only a layout the kernels cannot
     read is copied); everything else is looked up by the call's signature.
@@ -169,7 +160,6 @@ def gdn_prefill(
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
         output_final_state, num_seqs, block_v, tuple(sorted(scan_overrides.items())) if scan_overrides else (),
-        SCAN_FORM if form is None else form,
     )
     plan = _plans.get(key)
     if plan is None:
@@ -190,22 +180,14 @@ def gdn_prefill(
     else:
         a_log = A_log.contiguous()
         dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
-    pmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
+    tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
+    pmat = torch.empty_like(tmat)
     vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
-    v2, v_stride8 = token_rows(v)
-    if key[-1] == "wy":
-        wk = torch.empty((num_chunks, hv, CHUNK, dim), dtype=q.dtype, device=device)
-        u0 = torch.empty_like(wk)
-        plan.prep(q2, k2, v2, g2, b2, a_log, dtb, cu, wk, u0, pmat, vecs, seqlen, q_stride8, k_stride8, v_stride8,
-                  g_stride, b_stride)
-        first_out, chunk_inputs, strides = wk, (wk, u0, pmat, vecs), (q_stride8, k_stride8)
-    else:
-        tmat = torch.empty_like(pmat)
-        plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen, q_stride8, k_stride8, g_stride, b_stride)
-        first_out, chunk_inputs, strides = tmat, (v2, tmat, pmat, vecs), (q_stride8, k_stride8, v_stride8)
+    plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen, q_stride8, k_stride8, g_stride, b_stride)
     if prep_only:
-        return first_out, vecs
+        return tmat, vecs
 
+    v2, v_stride8 = token_rows(v)
     o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
     if initial_state is None:
         h0 = plan.no_state
@@ -221,5 +203,5 @@ def gdn_prefill(
         ht = torch.empty_like(h0)
     else:
         ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
-    plan.scan(q2, k2, *chunk_inputs, h0, cu, o, ht, seqlen, num_seqs, *strides)
+    plan.scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs, q_stride8, k_stride8, v_stride8)
     return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)
