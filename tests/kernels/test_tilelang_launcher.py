@@ -14,47 +14,7 @@ import shutil
 import pytest
 import torch
 
-from tests.kernels.tilelang_fakes import SignatureCheck
-
 pytest.importorskip("tilelang")
-
-
-class StridedSignatureCheck(SignatureCheck):
-    """SignatureCheck for kernels with strided buffers: each tensor's strides must equal its buffer's
-    stride expressions with the call's scalars and dims substituted (dims of size 1 have no stride);
-    then the rest is checked as for compact tensors, and the call recorded with the tensors passed."""
-
-    def __call__(self, *args: object) -> None:
-        from tilelang import tvm
-
-        params = list(self.prim_func.params)
-        values = {p: tvm.tirx.IntImm("int32", a) for p, a in zip(params, args) if isinstance(a, int)}
-        buffers = [(self.prim_func.buffer_map.get(p), a) for p, a in zip(params, args)]
-        for buffer, arg in buffers:
-            for dim, size in zip(buffer.shape if buffer is not None else (), arg.shape if buffer else ()):
-                if isinstance(dim, tvm.tirx.Var):
-                    values[dim] = tvm.tirx.IntImm("int32", size)
-        analyzer = tvm.arith.Analyzer()
-        for buffer, arg in buffers:
-            if buffer is None:
-                continue
-            for axis, (stride, size) in enumerate(zip(buffer.strides, arg.shape)):
-                expected = int(analyzer.simplify(tvm.tirx.stmt_functor.substitute(stride, values)))
-                assert size == 1 or arg.stride(axis) == expected, (
-                    f"{buffer.name}: stride {axis} is {arg.stride(axis)}, the kernel reads {stride} = {expected}"
-                )
-        super().__call__(*(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args))
-        self.calls[-1] = dict(zip(self.calls[-1], args))
-
-
-@pytest.fixture
-def fake_kernels(fake_kernels: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, StridedSignatureCheck]:
-    """conftest's stand-in kernels, each a StridedSignatureCheck (conftest's compiled() builds its checks
-    from the name patched here)."""
-    from tests.kernels import conftest
-
-    monkeypatch.setattr(conftest, "SignatureCheck", StridedSignatureCheck)
-    return fake_kernels
 
 
 def _inputs(lens: tuple[int, ...] | None, batch: int, seqlen: int, hk: int, hv: int, raw: bool) -> dict:

@@ -49,52 +49,14 @@ def test_silu_mul_program_matches_reference(c_silu_mul, rows: int, fused: bool) 
     assert rel_err(reference_norms.silu_mul(gate.double(), up.double()), out) < 1e-6
 
 
-class _StridedSignatureCheck(SignatureCheck):
-    """SignatureCheck for kernels with strided inputs: strides are checked against the prim_func's
-    stride expressions instead of requiring contiguous tensors."""
-
-    def __call__(self, *args: object) -> None:
-        from tilelang import tvm
-
-        params = list(self.prim_func.params)
-        assert len(args) == len(params), f"{len(args)} arguments for {len(params)} parameters"
-        values = {p: tvm.tirx.IntImm("int32", a) for p, a in zip(params, args) if isinstance(a, int)}
-        for param, arg in zip(params, args):
-            buffer = self.prim_func.buffer_map.get(param)
-            if buffer is None:
-                assert isinstance(arg, (int, float)), f"scalar {param.name} got {type(arg).__name__}"
-                continue
-            assert TL_DTYPE[arg.dtype] == str(buffer.dtype), f"{buffer.name}: {arg.dtype} vs {buffer.dtype}"
-            assert arg.dim() == len(buffer.shape), f"{buffer.name}: rank {arg.dim()} vs {len(buffer.shape)}"
-            for dim, size in zip(buffer.shape, arg.shape):
-                if isinstance(dim, tvm.tirx.IntImm):
-                    assert int(dim) == size, f"{buffer.name}: dim {dim} vs {size}"
-                else:
-                    assert int(values.setdefault(dim, tvm.tirx.IntImm("int32", size))) == size, f"{buffer.name}: {dim}"
-        for param, arg in zip(params, args):
-            buffer = self.prim_func.buffer_map.get(param)
-            if buffer is None:
-                continue
-            expected = buffer.strides or [None] * len(buffer.shape)
-            assert arg.data_ptr() % 16 == 0, f"{buffer.name} is not 16-byte aligned"
-            for stride, actual, size in zip(expected, arg.stride(), arg.shape):
-                if stride is not None and size > 1:
-                    value = tvm.arith.Analyzer().simplify(tvm.tirx.stmt_functor.substitute(stride, values))
-                    assert int(value) == actual, f"{buffer.name}: stride {stride} = {value}, the tensor's {actual}"
-            if not buffer.strides:
-                assert arg.is_contiguous(), f"{buffer.name} must be contiguous"
-        names = [self.prim_func.buffer_map[p].name if p in self.prim_func.buffer_map else p.name for p in params]
-        self.calls.append(dict(zip(names, args)))
-
-
 @pytest.fixture
-def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[_StridedSignatureCheck]:
+def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[SignatureCheck]:
     from qla_agent.kernels.tilelang import build
 
-    made: list[_StridedSignatureCheck] = []
+    made: list[SignatureCheck] = []
 
     def compiled(program, config, arch):
-        made.append(_StridedSignatureCheck(program(config)))
+        made.append(SignatureCheck(program(config)))
         return made[-1]
 
     monkeypatch.setattr(build, "compiled", compiled)
@@ -106,7 +68,7 @@ def _wide(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-def test_norm_launchers_match_kernel_signatures(signature_checks: list[_StridedSignatureCheck]) -> None:
+def test_norm_launchers_match_kernel_signatures(signature_checks: list[SignatureCheck]) -> None:
     """Hidden-state norms ([T, D]), a q-norm on q sliced out of [T, H, 2 * 256] and the gated norm on z
     sliced out of the GDN projection ([T, 8224] -> [T, 16, 128]): no copies, strides passed through."""
     from qla_agent.kernels.tilelang import norms
@@ -130,7 +92,7 @@ def test_norm_launchers_match_kernel_signatures(signature_checks: list[_StridedS
     assert signature_checks[-1].prim_func.attrs["global_symbol"] == "gated_rms_norm"
 
 
-def test_silu_mul_launcher_reads_gate_up_halves_in_place(signature_checks: list[_StridedSignatureCheck]) -> None:
+def test_silu_mul_launcher_reads_gate_up_halves_in_place(signature_checks: list[SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     gate_up = _wide(3, 11, 2 * 3584)
@@ -140,7 +102,7 @@ def test_silu_mul_launcher_reads_gate_up_halves_in_place(signature_checks: list[
     assert call["up"].data_ptr() == gate_up[..., 3584:].data_ptr() and out.shape == (3, 11, 3584)
 
 
-def test_empty_inputs_launch_nothing(signature_checks: list[_StridedSignatureCheck]) -> None:
+def test_empty_inputs_launch_nothing(signature_checks: list[SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     assert norms.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
