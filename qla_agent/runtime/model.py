@@ -39,7 +39,6 @@ class DecoderLayer(nn.Module):
         self.mlp = make_ffn(config, layer, dtype=dtype, device=device)
 
 
-
 class HybridModel(nn.Module):
     """Token embedding, decoder layers, final zero-centred norm, lm_head (or the tied embedding).
 
@@ -124,6 +123,7 @@ class HybridModel(nn.Module):
         ids = self._check_ids(input_ids, "prefill")
         n = ids.shape[0]
         positions = torch.arange(state.n_tokens, state.n_tokens + n, device=self.device)
+
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
@@ -148,6 +148,7 @@ class HybridModel(nn.Module):
             raise ValueError("decode got the same session state twice; each session decodes one token per step")
         positions = torch.tensor([s.n_tokens for s in states], device=self.device)
         slots = torch.arange(len(states), device=self.device)
+
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
