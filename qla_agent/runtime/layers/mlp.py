@@ -36,8 +36,8 @@ class Experts(nn.Module):
         out = torch.zeros_like(x)
         for e in top_idx.unique().tolist():
             tokens, which = torch.where(top_idx == e)
-            gate, up = F.linear(x[tokens], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down_proj[e]) * top_w[tokens, which, None]
+            hidden = kernels.silu_and_mul(F.linear(x[tokens], self.gate_up_proj[e]))
+            y = F.linear(hidden, self.down_proj[e]) * top_w[tokens, which, None]
             # A token picks an expert at most once, so `tokens` has no repeats (index_add_ is slow on CPU).
             out[tokens] += y
         return out
