@@ -38,11 +38,15 @@ def _scale(weight: torch.Tensor, dtype: torch.dtype, zero_centered: bool) -> tor
     return 1.0 + weight if zero_centered else weight
 
 
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, zero_centered: bool) -> torch.Tensor:
+    normed = _rms(x, eps)
+    return (normed * _scale(weight, normed.dtype, zero_centered)).to(x.dtype)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered: bool = True) -> torch.Tensor:
     """x [..., D], weight [D] -> y [..., D] in x.dtype."""
     check_rms_norm(x, weight, eps=eps)
-    normed = _rms(x, eps)
-    return (normed * _scale(weight, normed.dtype, zero_centered)).to(x.dtype)
+    return _rms_norm(x, weight, eps, zero_centered)
 
 
 def add_rms_norm(
@@ -51,7 +55,7 @@ def add_rms_norm(
     """x, residual [..., D], weight [D] -> (y, s) [..., D] in x.dtype: s = x + residual, y = rms_norm(s)."""
     check_rms_norm(x, weight, eps=eps, residual=residual)
     total = (x + residual).to(x.dtype)
-    return rms_norm(total, weight, eps=eps, zero_centered=zero_centered), total
+    return _rms_norm(total, weight, eps, zero_centered), total
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float) -> torch.Tensor:
