@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qla_agent.runtime.config import ModelConfig
-from qla_agent.runtime.layers.attention import GatedAttention
+from qla_agent.runtime.layers.attention import GatedAttention, PartialRope
 from qla_agent.runtime.layers.gdn import GatedDeltaNet
 from qla_agent.runtime.layers.mlp import make_ffn
 from qla_agent.runtime.layers.norms import ZeroCenteredRMSNorm
@@ -61,6 +61,8 @@ class HybridModel(nn.Module):
         )
         # The folder the weights came from (set by the loader).
         self.model_dir: Path | None = None
+        # RoPE angles, computed once per forward and shared by every attention layer.
+        self.rope = PartialRope(c.rotary_dim, c.rope_theta)
         # Layer index -> index into SessionState.recurrent/conv (GDN) or .kv (attention).
         self._slot = {i: n for ids in (c.gdn_layers, c.attention_layers) for n, i in enumerate(ids)}
 
@@ -122,13 +124,13 @@ class HybridModel(nn.Module):
         or [T, vocab] when all_logits."""
         ids = self._check_ids(input_ids, "prefill")
         n = ids.shape[0]
-        positions = torch.arange(state.n_tokens, state.n_tokens + n, device=self.device)
+        cos_sin = self.rope.cos_sin(torch.arange(state.n_tokens, state.n_tokens + n, device=self.device), self.dtype)
 
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
                 return layer.linear_attn.prefill(h, state.recurrent[s], state.conv[s])
-            return layer.self_attn.prefill(h, state.kv[s], positions)
+            return layer.self_attn.prefill(h, state.kv[s], cos_sin)
 
         delta, residual = self._layers(self.embed_tokens(ids), mixer)
         state.n_tokens += n
@@ -146,14 +148,14 @@ class HybridModel(nn.Module):
             raise ValueError(f"decode got {ids.shape[0]} token ids for {len(states)} session states")
         if len({id(s) for s in states}) != len(states):
             raise ValueError("decode got the same session state twice; each session decodes one token per step")
-        positions = torch.tensor([s.n_tokens for s in states], device=self.device)
+        cos_sin = self.rope.cos_sin(torch.tensor([s.n_tokens for s in states], device=self.device), self.dtype)
         slots = torch.arange(len(states), device=self.device)
 
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
                 return self._decode_gdn(layer.linear_attn, h, states, s, slots)
-            return layer.self_attn.decode(h, [st.kv[s] for st in states], positions)
+            return layer.self_attn.decode(h, [st.kv[s] for st in states], cos_sin)
 
         logits = self._logits(*self._layers(self.embed_tokens(ids), mixer))
         for st in states:

@@ -58,13 +58,14 @@ class GatedAttention(nn.Module):
         self.k_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
         self.rope = PartialRope(c.rotary_dim, c.rope_theta)
 
-    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x [T, H], positions [T] -> q [T, nh, d], gate [T, nh*d], k, v [T, nkv, d] (normed, rotated)."""
+    def _project(self, x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [T, H], cos_sin of the T positions (`PartialRope.cos_sin`, computed once per forward for
+        all layers) -> q [T, nh, d], gate [T, nh*d], k, v [T, nkv, d] (normed, rotated)."""
         query, gate = self.q_proj(x).unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
         k = self.k_norm(self.k_proj(x).unflatten(-1, (self.nkv, self.d)))
         v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
         q = self.q_norm(query)
-        cos, sin = self.rope.cos_sin(positions, q.dtype)
+        cos, sin = cos_sin
         return self.rope.apply_(q, cos, sin), gate.flatten(-2), self.rope.apply_(k, cos, sin), v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
@@ -93,15 +94,16 @@ class GatedAttention(nn.Module):
         )
         return out[0].transpose(0, 1).flatten(-2)
 
-    def prefill(self, x: Tensor, cache: KVCache, positions: Tensor) -> Tensor:
-        """x [T, H] at `positions` [T] -> [T, H]; the new keys/values are appended to `cache`."""
-        q, gate, k, v = self._project(x, positions)
+    def prefill(self, x: Tensor, cache: KVCache, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """x [T, H] with the cos_sin of its positions -> [T, H]; the new keys/values are appended to `cache`."""
+        q, gate, k, v = self._project(x, cos_sin)
         keys, values = cache.append(k.transpose(0, 1), v.transpose(0, 1))
         return self.o_proj(self._attend(q, keys, values) * torch.sigmoid(gate))
 
-    def decode(self, x: Tensor, caches: Sequence[KVCache], positions: Tensor) -> Tensor:
-        """One token for each of N sessions: x [N, H], positions [N] -> [N, H]; appends to each cache."""
-        q, gate, k, v = self._project(x, positions)
+    def decode(self, x: Tensor, caches: Sequence[KVCache], cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+        """One token for each of N sessions: x [N, H] with the cos_sin of their positions -> [N, H];
+        appends to each cache."""
+        q, gate, k, v = self._project(x, cos_sin)
         outs = []
         for i, cache in enumerate(caches):
             keys, values = cache.append(k[i : i + 1].transpose(0, 1), v[i : i + 1].transpose(0, 1))
