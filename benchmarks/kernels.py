@@ -26,13 +26,16 @@ import time
 from dataclasses import dataclass
 
 os.environ.setdefault("FLA_FLASH_QLA", "0")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from benchmarks.harness import (  # noqa: E402
+    COPY_BYTES, ROTATE_BYTES, cell, eager_ms, graph_us, log_row, max_rel_dev, selected,
+)
+
 MATMUL_FLOPS = 750e12
-COPY_BYTES = 3.0e12
 FLOP_PER_TOKEN_HEAD = 163_840
-ROTATE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ def append_input_sets(shape: AppendShape, device: torch.device) -> list[dict]:
     """Input sets of the runtime's layer call (qla_agent/runtime/layers/gdn.py): q/k/v column slices
     of the conv output, raw bf16 gates a/b sliced from the fused projection, fp32 A_log/dt_bias and
     state; as many sets as stream ~256 MB (at most 64), so eager calls rotating through them miss L2
-    (graph replays clear L2 first: kernels_decode.graph_us)."""
+    (graph replays clear L2 first: harness.graph_us)."""
     hk, hv, total = 16, shape.value_heads, shape.tokens
     conv_dim = (2 * hk + hv) * 128
     per_set = total * (conv_dim + conv_dim + hv * 128) * 2 + hv * 65536
@@ -233,14 +236,12 @@ def eager_append_us(fn, calls: int = EAGER_CALLS) -> float:
 
 def time_append(shape: AppendShape, impls: list[str]) -> dict:
     """Eager and graph microseconds per call for each runner, and our deviation from FLA."""
-    from benchmarks.kernels_decode import graph_us
-
     sets = append_input_sets(shape, torch.device("cuda"))
     fns = append_runners(sets, impls)
     row: dict = {"shape": shape.name, "sets": len(sets)}
     if "fla" in fns:
         ref, mine = fns["fla"](0)[0].float(), fns["ours"](0)[0].float()
-        row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+        row["ours_vs_fla"] = max_rel_dev(mine, ref)
     for name, fn in fns.items():
         if name not in ("ours_compact", "ours_prep"):
             row[f"{name}_eager_us"] = eager_append_us(fn)
@@ -250,9 +251,6 @@ def time_append(shape: AppendShape, impls: list[str]) -> dict:
 
 def format_append_table(rows: list[dict], card: str) -> str:
     """Markdown table: eager (host and device overlapped) and graph (device) microseconds per call."""
-    def cell(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     lines = [
         f"card: {card} (appends, microseconds per call; target ours eager <= {APPEND_TARGET_US:.0f} at T <= 256)",
         "| shape | ours eager | ours graph | compact graph | prep graph | FLA eager | FLA graph | FQ eager "
@@ -277,24 +275,16 @@ def roofline_ms(shape: BenchShape) -> float:
 
 def time_shape(shape: BenchShape, fns: dict, variants: list[str]) -> dict:
     """Median ms per implementation, and our max relative deviation from FLA on the first input set."""
-    import triton
-
     sets = input_sets(shape, torch.device("cuda"))
     row = {"shape": shape.name, "roofline_ms": roofline_ms(shape)}
     if "fla" in fns:
         ref = fns["fla"](sets[0])[0].float()
         mine = fns["ours"](sets[0])[0].float()
-        row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+        row["ours_vs_fla"] = max_rel_dev(mine, ref)
     if shape.name in VARIANT_SHAPES:
         fns = {**fns, **{f"ours_{name}": ours(**VARIANTS[name]) for name in variants}}
     for name, fn in fns.items():
-        state = {"i": 0}
-
-        def call(fn=fn, state=state) -> None:
-            fn(sets[state["i"] % len(sets)])
-            state["i"] += 1
-
-        row[name] = triton.testing.do_bench(call, warmup=50, rep=200, return_mode="median")
+        row[name] = eager_ms(lambda i, fn=fn: fn(sets[i % len(sets)]))
     return row
 
 
@@ -305,9 +295,6 @@ def format_table(rows: list[dict], card: str) -> str:
         "| shape | ours ms | FLA ms | FlashQLA ms | FLA/ours | FQ/ours | ours % roof | max|ours-FLA|/max|FLA| |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    def cell(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
     for r in rows:
         fla, fq, mine = r.get("fla"), r.get("flashqla"), r["ours"]
         lines.append(
@@ -320,7 +307,7 @@ def format_table(rows: list[dict], card: str) -> str:
 
 def _record(args: argparse.Namespace, results: dict, row: dict) -> None:
     """Print a measured row to stderr and rewrite the JSON file, so a run cut short keeps its rows."""
-    print(json.dumps(row), file=sys.stderr, flush=True)
+    log_row(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"card": torch.cuda.get_device_name(), **results}, f)
@@ -328,7 +315,7 @@ def _record(args: argparse.Namespace, results: dict, row: dict) -> None:
 
 def run_prefill(args: argparse.Namespace, results: dict) -> list[dict]:
     """Prefill rows for the selected shapes, recorded as they are measured."""
-    shapes = [s for s in SHAPES if not args.shapes or any(p in s.name for p in args.shapes)]
+    shapes = [s for s in SHAPES if selected(s.name, args.shapes)]
     fns = runners(args.impls.split(","))
     variants = [v for v in args.variants.split(",") if v]
     rows = results.setdefault("prefill", [])
@@ -356,7 +343,7 @@ def run_section(args: argparse.Namespace, results: dict, op: str) -> list[dict]:
         shapes, measure = CONV_SHAPES, lambda s: time_conv(s, with_fla=with_fla)
     rows = results.setdefault(op, [])
     for shape in shapes:
-        if not args.shapes or any(p in shape.name for p in args.shapes):
+        if selected(shape.name, args.shapes):
             rows.append(measure(shape))
             _record(args, results, rows[-1])
     for r in rows:

@@ -18,7 +18,6 @@ not matter here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -28,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.kernels_decode import eager_us, graph_us  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    COPY_BYTES, cell, eager_us, graph_us, log_row, selected, write_rows_and_print,
+)
 
-COPY_BYTES = 3.0e12
 WIDTH = 4
 # Projection row width beyond the conv channels (the z, b, a columns of the 0.8B model: 2048 + 32).
 EXTRA_COLUMNS = 2080
@@ -130,9 +130,6 @@ def time_conv(shape: ConvShape, with_fla: bool = True, impls: tuple[str, ...] = 
 def format_conv_table(rows: list[dict], card: str) -> str:
     """Markdown table: microseconds per call (CUDA graph, eager in brackets), ratios, our GB/s and % of
     the copy-bandwidth floor (from the graph time)."""
-    def cell(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     def best(r: dict, name: str) -> float | None:
         graph = r.get(f"{name}_graph_us")
         return graph if graph is not None else r.get(f"{name}_eager_us")
@@ -167,13 +164,10 @@ def main() -> None:
     impls = tuple(args.impls.split(","))
     rows = []
     for shape in CONV_SHAPES:
-        if not args.shapes or any(p in shape.name for p in args.shapes):
+        if selected(shape.name, args.shapes):
             rows.append(time_conv(shape, with_fla=False, impls=impls))
-            print(json.dumps(rows[-1]), file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(format_conv_table(rows, torch.cuda.get_device_name()))
+            log_row(rows[-1])
+    write_rows_and_print(rows, args.json, format_conv_table(rows, torch.cuda.get_device_name()))
 
 
 if __name__ == "__main__":

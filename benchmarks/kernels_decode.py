@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-COPY_BYTES = 3.0e12
+from benchmarks.harness import COPY_BYTES, ROTATE_BYTES, cell, eager_us, graph_us, max_rel_dev
+
 STATE_BYTES = 128 * 128 * 4
-POOL_BYTES = 256 << 20
-GRAPH_CALLS = 16
 KEY_HEADS = 16
 
 
@@ -51,7 +50,7 @@ def make_decode_inputs(shape: DecodeShape, device: torch.device) -> dict:
     b, hv, hk = shape.batch, shape.value_heads, KEY_HEADS
     qkv = torch.randn(b, (2 * hk + hv) * 128, generator=gen, device=device).bfloat16()
     ab = torch.randn(b, 2 * hv, generator=gen, device=device).bfloat16()
-    rows = max(2 * b, math.ceil(POOL_BYTES / (hv * STATE_BYTES)) // b * b)
+    rows = max(2 * b, math.ceil(ROTATE_BYTES / (hv * STATE_BYTES)) // b * b)
     return {
         "q": qkv[:, : hk * 128].unflatten(1, (hk, 128)),
         "k": qkv[:, hk * 128 : 2 * hk * 128].unflatten(1, (hk, 128)),
@@ -96,39 +95,6 @@ def decode_runners(x: dict, block_v: int | None = None, with_fla: bool = True) -
     return out
 
 
-def graph_us(fn: Callable[[int], object]) -> float | None:
-    """Median microseconds per call when GRAPH_CALLS rotating calls replay as one CUDA graph."""
-    import triton
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(GRAPH_CALLS):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            for i in range(GRAPH_CALLS):
-                fn(i)
-    except RuntimeError:
-        # A baseline that cannot be captured gets no graph time; ours must capture (the GPU tests say so).
-        return None
-    return 1e3 * triton.testing.do_bench(graph.replay, warmup=20, rep=200, return_mode="median") / GRAPH_CALLS
-
-
-def eager_us(fn: Callable[[int], object]) -> float:
-    import triton
-
-    state = {"i": 0}
-
-    def call() -> None:
-        fn(state["i"])
-        state["i"] += 1
-
-    return 1e3 * triton.testing.do_bench(call, warmup=50, rep=200, return_mode="median")
-
-
 def time_decode(shape: DecodeShape, with_fla: bool, variants: bool) -> dict:
     """One row: eager and graph microseconds for ours and FLA, variants' graph times, deviation from FLA."""
     x = make_decode_inputs(shape, torch.device("cuda"))
@@ -139,7 +105,7 @@ def time_decode(shape: DecodeShape, with_fla: bool, variants: bool) -> dict:
         ref = fns["fla"](0)[0][:, 0].float()
         mine = fns["ours"](0).float()
         x["pool"][:shape.batch] = saved
-        row["ours_vs_fla"] = float((mine - ref).abs().max() / ref.abs().max())
+        row["ours_vs_fla"] = max_rel_dev(mine, ref)
     for name, fn in fns.items():
         row[f"{name}_eager_us"] = eager_us(fn)
         row[f"{name}_graph_us"] = graph_us(fn)
@@ -151,9 +117,6 @@ def time_decode(shape: DecodeShape, with_fla: bool, variants: bool) -> dict:
 
 def format_decode_table(rows: list[dict], card: str) -> str:
     """Markdown table: eager and graph microseconds, FLA/ours, our graph time as % of the HBM floor."""
-    def cell(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     lines = [
         f"card: {card} (decode, microseconds per call)",
         "| shape | ours eager | ours graph | FLA eager | FLA graph | FLA/ours graph | floor | ours % floor "

@@ -19,7 +19,6 @@ build.PORTABLE_PASS_CONFIGS should turn it on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -29,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.kernels_decode import eager_us, graph_us  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    COPY_BYTES, ROTATE_BYTES, eager_us, graph_us, log_row, write_rows_and_print,
+)
 
-COPY_BYTES = 3.0e12
-ROTATE_BYTES = 256 << 20
 EPS = 1e-6
 
 
@@ -210,11 +209,8 @@ def main() -> None:
     for tokens in args.tokens:
         for shape in norm_shapes(tokens):
             rows.append(time_norm(shape))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    print(format_norm_table(rows, torch.cuda.get_device_name()))
+            log_row(rows[-1])
+    write_rows_and_print(rows, args.json, format_norm_table(rows, torch.cuda.get_device_name()))
 
 
 if __name__ == "__main__":
