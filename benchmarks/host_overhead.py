@@ -28,12 +28,13 @@ copy is one launch (~4 us of host time on the H100 machine).
 """
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import shutil
 import sys
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -96,27 +97,18 @@ def _no_op(*args: object) -> None:
     return None
 
 
-def pretend_h100() -> mock._patch:
+@contextlib.contextmanager
+def pretend_h100() -> Iterator[None]:
     """Patches that make the TileLang backend take CPU/meta tensors: no-op kernels on an H100."""
     from qla_agent.kernels import tilelang as backend
     from qla_agent.kernels.tilelang import build
 
-    patches = [
+    with (
         mock.patch.object(build, "compiled", lambda program, config, arch: _no_op),
         mock.patch.object(build, "device_facts", lambda device: ("sm_90a", 132)),
         mock.patch.object(backend, "device_arch", lambda device: "sm_90a"),
-    ]
-
-    class _All:
-        def __enter__(self) -> None:
-            for p in patches:
-                p.start()
-
-        def __exit__(self, *exc: object) -> None:
-            for p in reversed(patches):
-                p.stop()
-
-    return _All()
+    ):
+        yield
 
 
 def dispatch_like_cuda(arguments: dict) -> Callable[..., object]:
