@@ -340,7 +340,8 @@ def run_section(args: argparse.Namespace, results: dict, op: str) -> list[dict]:
     elif op == "decode":
         shapes, measure = DECODE_SHAPES, lambda s: time_decode(s, with_fla=with_fla, variants=args.decode_variants)
     else:
-        shapes, measure = CONV_SHAPES, lambda s: time_conv(s, with_fla=with_fla)
+        impls = ("ours", "reference", "fla") if with_fla else ("ours", "reference")
+        shapes, measure = CONV_SHAPES, lambda s: time_conv(s, impls)
     rows = results.setdefault(op, [])
     for shape in shapes:
         if selected(shape.name, args.shapes):

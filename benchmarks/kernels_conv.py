@@ -115,9 +115,8 @@ def conv_runners(shape: ConvShape, impls: tuple[str, ...]) -> dict[str, Callable
     return {name: fn for name, fn in out.items() if name in impls}
 
 
-def time_conv(shape: ConvShape, with_fla: bool = True, impls: tuple[str, ...] = ("ours", "reference")) -> dict:
+def time_conv(shape: ConvShape, impls: tuple[str, ...]) -> dict:
     """One row: eager and graph microseconds per implementation (None where a graph cannot capture it)."""
-    impls = (*impls, "fla") if with_fla and "fla" not in impls else impls
     row: dict = {"shape": shape.name, "floor_us": conv_floor_us(shape), "bytes": conv_bytes(shape)}
     for name, fn in conv_runners(shape, impls).items():
         row[f"{name}_eager_us"] = eager_us(fn)
@@ -165,7 +164,7 @@ def main() -> None:
     rows = []
     for shape in CONV_SHAPES:
         if selected(shape.name, args.shapes):
-            rows.append(time_conv(shape, with_fla=False, impls=impls))
+            rows.append(time_conv(shape, impls))
             log_row(rows[-1])
     write_rows_and_print(rows, args.json, format_conv_table(rows, torch.cuda.get_device_name()))
 
