@@ -11,6 +11,7 @@ columns of the GDN projection are read without a copy. Token and head counts are
 (T.dynamic), so a new prompt length never recompiles, and nothing reads a device value on the host.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ class RowBlock:
     threads: int
 
 
+# Cached: `supports` and the launcher's config both ask on every call, with a few distinct arguments per model.
+@functools.cache
 def row_block(dim: int, itemsize: int, heads: int) -> RowBlock | None:
     """The CTA for rows of `dim` elements of `itemsize` bytes, or None when there is no regular one.
 
@@ -61,6 +64,7 @@ def row_block(dim: int, itemsize: int, heads: int) -> RowBlock | None:
     return RowBlock(block_tokens=rows // block_heads, block_heads=block_heads, threads=threads)
 
 
+@functools.cache
 def silu_mul_tile(dim: int, itemsize: int) -> tuple[int, int] | None:
     """(block_tokens, block_cols) of the SiLU-mul CTA: the largest power-of-two column block up to
     SILU_MUL_MAX_COLS that divides `dim`, and enough rows for MIN_VECTORS vectors per thread."""
