@@ -143,15 +143,23 @@ class KVCache:
 
     def _store_bounded(self, k: Tensor, v: Tensor) -> None:
         sink, window = self.policy.sink_tokens, self.policy.window_tokens
-        n_new = k.shape[1]
-        pos = torch.arange(self.n_seen, self.n_seen + n_new, device=k.device)
-        # Of the new entries only sinks and the last `window` non-sinks survive.
-        keep = (pos < sink) | (pos >= self.n_seen + n_new - window)
-        slots = torch.where(pos < sink, pos, sink + (pos - sink) % window)
-        self._reserve(min(self.n_seen + n_new, sink + window))
-        self._k.index_copy_(1, slots[keep], k[:, keep])
-        self._v.index_copy_(1, slots[keep], v[:, keep])
-        self.n_seen += n_new
+        start, end = self.n_seen, self.n_seen + k.shape[1]
+        self._reserve(min(end, sink + window))
+        # Of the new entries only sinks (token p in slot p) and the last `window` non-sinks survive, token p
+        # in ring slot sink + (p - sink) % window. Slot ranges are computed on the host and copied as
+        # slices (at most three): no index tensors, no device sync of a boolean mask on the decode path.
+        if start < sink:
+            n = min(end, sink) - start
+            self._k[:, start : start + n] = k[:, :n]
+            self._v[:, start : start + n] = v[:, :n]
+        p = max(start, sink, end - window)
+        while p < end:
+            slot = sink + (p - sink) % window
+            n = min(end - p, sink + window - slot)
+            self._k[:, slot : slot + n] = k[:, p - start : p - start + n]
+            self._v[:, slot : slot + n] = v[:, p - start : p - start + n]
+            p += n
+        self.n_seen = end
 
     def _reserve(self, needed: int) -> None:
         cap = self.capacity
