@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 H100_SMS = 132
 
 
+def _shape_call(s) -> dict:
+    """prefill_configs arguments (but the gate dtype) of benchmarks/kernels.py's prefill for shape `s`."""
+    return dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
+                varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
+
+
 def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
     common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS)
@@ -50,11 +56,7 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
              l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1)
         for hv in (16, 32)
     ]
-    calls += [
-        dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
-             varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
-        for s in SHAPES
-    ]
+    calls += [_shape_call(s) for s in SHAPES]
     pairs = []
     for call in calls:
         prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
@@ -69,11 +71,9 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     ]
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
-            call = dict(key_heads=s.hk, value_heads=s.hv, dtype=torch.bfloat16, raw_gates=False, l2norm=True,
-                        varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
             for name in variants:
                 kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
-                configs = prefill_configs(**call, **common, gate_dtype=torch.float32, **kwargs)
+                configs = prefill_configs(**_shape_call(s), **common, gate_dtype=torch.float32, **kwargs)
                 pairs.append((chunk_scan.program, configs[1]))
     return list(dict.fromkeys(pairs))
 
