@@ -74,13 +74,16 @@ class SamplerState:
 
 @dataclass(slots=True)
 class _Rows:
-    """Per-row parameters of the rows that sample (not greedy), as tensors on the logits' device."""
+    """Per-row parameters of the rows that sample (not greedy), as tensors on the logits' device, and
+    whether any row truncates (top-k/top-p) or floors (min-p), decided on the host (no device sync)."""
 
     index: Tensor
     temperature: Tensor
     top_k: Tensor
     top_p: Tensor
     min_p: Tensor
+    truncates: bool
+    floors: bool
 
 
 def _apply_penalties(logits: Tensor, rows: Sequence[SamplerState]) -> Tensor:
@@ -103,7 +106,7 @@ def _filtered_probs(logits: Tensor, rows: _Rows) -> Tensor:
     """Unnormalised probabilities after temperature, top-k, top-p and min-p. [M, V] fp32."""
     logits = logits / rows.temperature[:, None]
     vocab = logits.shape[-1]
-    if bool((rows.top_k > 0).any()) or bool((rows.top_p < 1.0).any()):
+    if rows.truncates:
         sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
         rank = torch.arange(vocab, device=logits.device)
         k = torch.where(rows.top_k > 0, rows.top_k, vocab)
@@ -115,7 +118,7 @@ def _filtered_probs(logits: Tensor, rows: _Rows) -> Tensor:
         drop[:, 0] = False
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(dim=-1)
-    if bool((rows.min_p > 0).any()):
+    if rows.floors:
         floor = rows.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
         probs = probs.masked_fill(probs < floor, 0.0)
     return probs
@@ -135,12 +138,18 @@ def sample(logits: Tensor, rows: Sequence[SamplerState], *, generator: torch.Gen
     if hot:
         device = logits.device
         params = [rows[i].params for i in hot]
+        # Built on the CPU, where the flags are read, then moved (as torch.tensor(..., device=) would).
+        top_k = torch.tensor([p.top_k for p in params])
+        top_p = torch.tensor([p.top_p for p in params])
+        min_p = torch.tensor([p.min_p for p in params])
         sub = _Rows(
             index=torch.tensor(hot, device=device),
             temperature=torch.tensor([p.temperature for p in params], device=device),
-            top_k=torch.tensor([p.top_k for p in params], device=device),
-            top_p=torch.tensor([p.top_p for p in params], device=device),
-            min_p=torch.tensor([p.min_p for p in params], device=device),
+            top_k=top_k.to(device),
+            top_p=top_p.to(device),
+            min_p=min_p.to(device),
+            truncates=bool((top_k > 0).any()) or bool((top_p < 1.0).any()),
+            floors=bool((min_p > 0).any()),
         )
         probs = _filtered_probs(logits[sub.index], sub)
         noise = torch.empty_like(probs)
