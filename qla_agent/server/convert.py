@@ -27,11 +27,10 @@ from qla_agent.runtime.state import MemoryPolicy
 from qla_agent.server.errors import ApiError
 from qla_agent.server.schemas import ChatCompletionRequest, Message, NamedToolChoice, Tool
 from qla_agent.server.settings import ServerSettings
+from qla_agent.tools.parsers.calls import TOOL_CLOSE, TOOL_OPEN
 
 logger = logging.getLogger(__name__)
 
-TOOL_CALL_OPEN = "<tool_call>"
-TOOL_CALL_CLOSE = "</tool_call>"
 RESERVED_TEMPLATE_KWARGS = frozenset({
     "messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
     "tokenize", "return_dict", "chat_template", "bos_token", "eos_token",
@@ -228,7 +227,7 @@ def _sampling(body: ChatCompletionRequest, settings: ServerSettings, stops: tupl
         seed=body.seed,
         max_tokens=_max_tokens(body, settings),
         stop=stops,
-        stop_after=(TOOL_CALL_CLOSE,) if policy.one_call else (),
+        stop_after=(TOOL_CLOSE,) if policy.one_call else (),
         stop_token_ids=tuple(body.stop_token_ids or ()),
         logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()},
     )
@@ -289,7 +288,7 @@ def _tool_policy(body: ChatCompletionRequest, tools: list[dict[str, Any]] | None
 def _stops(body: ChatCompletionRequest, policy: ToolPolicy, tools: list[dict[str, Any]] | None) -> tuple[str, ...]:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if policy.mode == "none" and tools:
-        stops.append(TOOL_CALL_OPEN)
+        stops.append(TOOL_OPEN)
     return tuple(stops)
 
 

@@ -8,8 +8,9 @@ import json
 from functools import lru_cache
 from typing import Any, Protocol
 
-from qla_agent.server.convert import TOOL_CALL_OPEN, ChatPlan, ToolPolicy
-from qla_agent.tools.parsers import Delta, ParsedMessage, opens_reasoning, parser_for
+from qla_agent.server.convert import ChatPlan, ToolPolicy
+from qla_agent.tools.parsers import TOOL_FORMATS, Delta, ParsedMessage, opens_reasoning, parser_for
+from qla_agent.tools.parsers.calls import TOOL_OPEN
 
 _PROBE = ({"role": "user", "content": "."},)
 # Ends an open `<think>` the way the templates render an empty reasoning: `<think>\n\n</think>\n\n`.
@@ -50,13 +51,13 @@ def call_prefix(policy: ToolPolicy, tool_format: str | None) -> str:
     `required`: `<tool_call>\\n`; a named function also names it: `<function=NAME>\\n` (qwen_xml) or
     `{"name": "NAME", "arguments": ` (hermes). Templates without a tool format force nothing.
     """
-    if policy.mode not in ("required", "named") or tool_format not in ("qwen_xml", "hermes"):
+    if policy.mode not in ("required", "named") or tool_format not in TOOL_FORMATS:
         return ""
     if policy.mode == "required":
-        return TOOL_CALL_OPEN + "\n"
+        return TOOL_OPEN + "\n"
     if tool_format == "qwen_xml":
-        return f"{TOOL_CALL_OPEN}\n<function={policy.name}>\n"
-    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(policy.name)}, "arguments": '
+        return f"{TOOL_OPEN}\n<function={policy.name}>\n"
+    return f'{TOOL_OPEN}\n{{"name": {json.dumps(policy.name)}, "arguments": '
 
 
 def force_tool_call(engine: Any, plan: ChatPlan) -> ChatPlan:
