@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")
 # Key and value head width every kernel is built for (all released Qwen hybrids).
 HEAD_DIM = 128
+# Kernels read rows in 16-byte vectors; row strides reach them as stride // ROW_ALIGN (elements), so the
+# compiler can prove every row start 16-byte aligned and keep the vector loads.
+VECTOR_BYTES = 16
+ROW_ALIGN = 8
 TORCH_TO_TL = {
     torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32",
     torch.int32: "int32", torch.int64: "int64",

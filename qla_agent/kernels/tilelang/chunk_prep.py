@@ -27,12 +27,9 @@ from dataclasses import dataclass
 
 import tilelang.language as T
 
-from qla_agent.kernels.tilelang.build import HEAD_DIM
+from qla_agent.kernels.tilelang.build import HEAD_DIM, ROW_ALIGN
 
 CHUNK = 64
-# q, k and v token strides reach the kernels as stride // ROW_ALIGN (elements), so the compiler can
-# prove every row start 16-byte aligned and keep 16-byte vector loads.
-ROW_ALIGN = 8
 LOG2E = 1.4426950408889634
 # CTAs per SM the kernel asks registers for (ptxas caps them at 65536 / (128 x this)).
 MIN_BLOCKS = 4

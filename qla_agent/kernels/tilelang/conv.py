@@ -23,8 +23,8 @@ import tilelang.language as T
 import torch
 
 from qla_agent.kernels.tilelang import build
+from qla_agent.kernels.tilelang.build import VECTOR_BYTES
 
-VECTOR_BYTES = 16
 LOG2E = 1.4426950408889634
 
 

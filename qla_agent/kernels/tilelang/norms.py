@@ -19,10 +19,9 @@ import tilelang.language as T
 import torch
 
 from qla_agent.kernels.tilelang import build
+from qla_agent.kernels.tilelang.build import ROW_ALIGN, VECTOR_BYTES
 
-ROW_ALIGN = 8  # elements; row strides reach the kernels as stride // ROW_ALIGN
 MAX_GRID_Y = 65535  # heads per token (grid y)
-VECTOR_BYTES = 16
 MAX_THREADS = 256
 # Vectors of 16 bytes each thread holds: 2 hides latency, more than 8 spills registers (fp32 rows).
 MIN_VECTORS, MAX_VECTORS = 2, 8

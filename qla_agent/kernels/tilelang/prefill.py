@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
+from qla_agent.kernels.tilelang.build import ROW_ALIGN, VECTOR_BYTES
 
 logger = logging.getLogger(__name__)
 
 CHUNK = chunk_prep.CHUNK
-ROW_ALIGN = chunk_prep.ROW_ALIGN
-# q, k and v rows are read in 16-byte vectors: their data must start on a 16-byte boundary.
-VECTOR_BYTES = 16
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
 
