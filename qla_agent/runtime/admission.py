@@ -60,7 +60,8 @@ class Admission:
                 if session.id not in before:
                     self.table.delete(session.id)
                 raise
-        self.check_context(len(prompt), session.policy)
+        else:
+            self.check_context(len(prompt), session.policy)
         cached = session.resume(prompt.tokens, lambda: self.model.new_state(session.policy))
         boundaries = self.renderer.boundaries(
             prompt, conv.messages, tools=conv.tools, template_kwargs=conv.template_kwargs, above=cached
