@@ -91,10 +91,10 @@ async def stream_chunks(events: AsyncIterable[Event], plan: ChatPlan, parser: Ou
 
     Every chunk carries `session_id` (the engine's Started event names it before any text).
     """
-    completion = Completion(model=plan.model, session_id=session_id or plan.request.session_id)
+    completion = Completion(model=plan.model, session_id=session_id or plan.request.session_id,
+                            include_usage=plan.include_usage)
     calls = CallFilter(plan.policy)
-    usage_field = plan.include_usage
-    yield completion.chunk({"role": "assistant", "content": ""}, with_usage_field=usage_field)
+    yield completion.chunk({"role": "assistant", "content": ""})
     try:
         async for event in events:
             if isinstance(event, Started):
@@ -105,12 +105,12 @@ async def stream_chunks(events: AsyncIterable[Event], plan: ChatPlan, parser: Ou
             else:
                 deltas = calls.deltas(parser.finish())
             for delta in deltas:
-                yield completion.chunk(delta_dict(delta), with_usage_field=usage_field)
+                yield completion.chunk(delta_dict(delta))
             if isinstance(event, Finished):
                 completion.session_id = event.session_id
                 reason = finish_reason(event, has_calls=calls.kept > 0)
-                yield completion.chunk({}, reason=reason, with_usage_field=usage_field)
-                if plan.include_usage:
+                yield completion.chunk({}, reason=reason)
+                if completion.include_usage:
                     yield completion.usage_chunk(event.usage)
     except Exception as e:
         # The status line is sent already: report the failure in the stream, as OpenAI does.

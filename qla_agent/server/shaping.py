@@ -94,10 +94,15 @@ def delta_dict(delta: Delta) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class Completion:
-    """Identity of one completion: what every response object and chunk repeats."""
+    """Identity of one completion: what every response object and chunk repeats.
+
+    `include_usage` (stream_options.include_usage): every chunk carries `"usage": null`, and
+    `usage_chunk` the totals at the end.
+    """
 
     model: str
     session_id: str | None
+    include_usage: bool = False
     id: str = dataclasses.field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
@@ -115,29 +120,25 @@ class Completion:
             "session_id": finished.session_id,
         }
 
-    def chunk(self, delta: dict[str, Any], *, reason: str | None = None,
-              usage: Usage | None = None, with_usage_field: bool = False) -> bytes:
+    def chunk(self, delta: dict[str, Any], *, reason: str | None = None) -> bytes:
         """One SSE `data:` line holding a chat.completion.chunk with one choice."""
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
-        }
-        if with_usage_field:
-            body["usage"] = None if usage is None else usage_dict(usage)
+        body = self._chunk_head([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}])
+        if self.include_usage:
+            body["usage"] = None
         if self.session_id is not None:
             body["session_id"] = self.session_id
         return sse(body)
 
     def usage_chunk(self, usage: Usage) -> bytes:
         """The extra last chunk `stream_options.include_usage` asks for: no choices, only usage."""
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "system_fingerprint": FINGERPRINT, "choices": [],
-                "usage": usage_dict(usage), "session_id": self.session_id}
+        body = self._chunk_head([])
+        body["usage"] = usage_dict(usage)
+        body["session_id"] = self.session_id
         return sse(body)
+
+    def _chunk_head(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "system_fingerprint": FINGERPRINT, "choices": choices}
 
 
 def sse(obj: dict[str, Any]) -> bytes:
