@@ -15,7 +15,7 @@ from qla_agent.server.body import documented, read_model
 from qla_agent.server.convert import ChatPlan, plan_chat, resolve_session_id
 from qla_agent.server.errors import ApiError, as_api_error
 from qla_agent.server.generation import ChatRun, ClientGone, until_disconnect
-from qla_agent.server.output import OutputParser, force_tool_call, output_parser
+from qla_agent.server.output import OutputParser, shape_output
 from qla_agent.server.schemas import ChatCompletionRequest, valid_session_id
 from qla_agent.server.shaping import DONE, CallFilter, Completion, delta_dict, finish_reason, sse_error
 from qla_agent.server.state import server_state
@@ -37,8 +37,7 @@ async def chat_completions(request: Request) -> Response:
     plan = plan_chat(body, settings=state.settings, model_id=state.engine.model_id,
                      served_names=state.served_names, session_id=session_id, session=session,
                      defaults=state.sampling_defaults)
-    plan = force_tool_call(state.engine, plan)
-    parser = output_parser(state.engine, plan)
+    plan, parser = shape_output(state.engine, plan)
     run = ChatRun.admit(state, lambda: state.engine.chat(plan.request))
     try:
         await run.prime(request)

@@ -5,7 +5,7 @@ tool_choice is enforced like this:
 - `none`: the tools stay in the prompt (so a session's prefix does not change between turns) but
   `<tool_call>` is a stop string, so the model cannot start a call; the text is returned as content.
 - `required` / a named function: validated (the tools exist, the name is one of them); the tool list
-  goes into the prompt as for `auto`, the answer is started with the call (`output.force_tool_call`)
+  goes into the prompt as for `auto`, the answer is started with the call (`output.shape_output`)
   and the parsed calls are filtered to the named function.
 `parallel_tool_calls=false` and a named function return one call: generation stops right after the
 first `</tool_call>` (a `stop_after` string, kept in the text), so the session stores what the

@@ -60,25 +60,22 @@ def call_prefix(policy: ToolPolicy, tool_format: str | None) -> str:
     return f'{TOOL_OPEN}\n{{"name": {json.dumps(policy.name)}, "arguments": '
 
 
-def force_tool_call(engine: Any, plan: ChatPlan) -> ChatPlan:
-    """The plan with the answer started by `call_prefix`, for tool_choice "required" or a named function.
+def shape_output(engine: Any, plan: ChatPlan) -> tuple[ChatPlan, RequestParser]:
+    """The plan with a forced tool call started, and the parser for its answer.
 
-    When the generation prompt leaves `<think>` open, the prefix closes it first: a forced call
-    skips the reasoning (the engine cannot insert the call after reasoning the model writes).
+    For tool_choice "required" or a named function the answer is started by `call_prefix`; when the
+    generation prompt leaves `<think>` open, the prefix closes it first: a forced call skips the
+    reasoning (the engine cannot insert the call after reasoning the model writes). The parser reads
+    tool calls only when the policy parses them.
     """
-    prefix = call_prefix(plan.policy, engine.tool_format)
-    if not prefix:
-        return plan
-    if starts_in_reasoning(engine.template, _kwargs_json(plan)):
-        prefix = CLOSE_REASONING + prefix
-    return dataclasses.replace(plan, request=dataclasses.replace(plan.request, assistant_prefix=prefix))
-
-
-def output_parser(engine: Any, plan: ChatPlan) -> RequestParser:
-    """The parser for a planned request: tool calls only when the policy parses them."""
-    tool_format = engine.tool_format if plan.policy.parse else None
     starts = starts_in_reasoning(engine.template, _kwargs_json(plan))
-    return RequestParser(tool_format, plan.tools, starts_in_reasoning=starts)
+    prefix = call_prefix(plan.policy, engine.tool_format)
+    if prefix:
+        if starts:
+            prefix = CLOSE_REASONING + prefix
+        plan = dataclasses.replace(plan, request=dataclasses.replace(plan.request, assistant_prefix=prefix))
+    tool_format = engine.tool_format if plan.policy.parse else None
+    return plan, RequestParser(tool_format, plan.tools, starts_in_reasoning=starts)
 
 
 def _kwargs_json(plan: ChatPlan) -> str:
