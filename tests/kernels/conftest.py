@@ -9,14 +9,15 @@ from tests.kernels.tilelang_fakes import SignatureCheck
 
 @pytest.fixture
 def fake_kernels(monkeypatch: pytest.MonkeyPatch) -> dict[str, SignatureCheck]:
-    """Every TileLang program compiles to a SignatureCheck (on a pretend H100); returns them by module name."""
+    """Every TileLang program compiles to a SignatureCheck (on a pretend H100); returns the latest one of
+    each kernel module by the module's name ("norms", "conv", "chunk_prep", ...)."""
     from qla_agent.kernels.tilelang import build
 
     made: dict[str, SignatureCheck] = {}
 
     def compiled(program, config, arch):
-        made[program.__module__.rsplit(".", 1)[-1]] = SignatureCheck(program(config))
-        return made[program.__module__.rsplit(".", 1)[-1]]
+        check = made[program.__module__.rsplit(".", 1)[-1]] = SignatureCheck(program(config))
+        return check
 
     monkeypatch.setattr(build, "compiled", compiled)
     monkeypatch.setattr(build, "device_facts", lambda device: ("sm_90a", 132))
@@ -24,16 +25,27 @@ def fake_kernels(monkeypatch: pytest.MonkeyPatch) -> dict[str, SignatureCheck]:
 
 
 @functools.cache
-def _compile_c(program, config):
+def _compile_c(program, config, vectorize: bool):
     import tilelang
 
-    return tilelang.compile(program(config), target="c")
+    pass_configs = None if vectorize else {tilelang.PassConfigKey.TIR_DISABLE_VECTORIZE: True}
+    return tilelang.compile(program(config), target="c", pass_configs=pass_configs)
+
+
+def _route_to_c(monkeypatch: pytest.MonkeyPatch, vectorize: bool) -> None:
+    from qla_agent.kernels.tilelang import build
+
+    monkeypatch.setattr(build, "compiled", lambda program, config, arch: _compile_c(program, config, vectorize))
+    monkeypatch.setattr(build, "device_facts", lambda device: ("c", 132))
 
 
 @pytest.fixture
 def c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """The launcher's kernels compile for TileLang's C backend (CPU tensors)."""
-    from qla_agent.kernels.tilelang import build
+    _route_to_c(monkeypatch, vectorize=True)
 
-    monkeypatch.setattr(build, "compiled", lambda program, config, arch: _compile_c(program, config))
-    monkeypatch.setattr(build, "device_facts", lambda device: ("c", 132))
+
+@pytest.fixture
+def c_kernels_scalar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As c_kernels with vectorisation off (the C backend has no vector exp)."""
+    _route_to_c(monkeypatch, vectorize=False)

@@ -7,8 +7,6 @@ dtype, shape and strides (the row strides the kernel is told must be the tensor'
 left to the GPU tests. The layout helpers decide when a strided input is read in place.
 """
 
-import functools
-
 import pytest
 import torch
 
@@ -21,24 +19,9 @@ tilelang = pytest.importorskip("tilelang")
 EPS = 1e-6
 
 
-@functools.cache
-def _compile_c(program, config):
-    return tilelang.compile(
-        program(config), target="c", pass_configs={tilelang.PassConfigKey.TIR_DISABLE_VECTORIZE: True}
-    )
-
-
-@pytest.fixture
-def c_silu_mul(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qla_agent.kernels.tilelang import build
-
-    monkeypatch.setattr(build, "compiled", lambda program, config, arch: _compile_c(program, config))
-    monkeypatch.setattr(build, "device_facts", lambda device: ("c", 132))
-
-
 @pytest.mark.parametrize("rows", [1, 13, 257], ids=lambda r: f"T{r}")
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "gate_up"])
-def test_silu_mul_program_matches_reference(c_silu_mul, rows: int, fused: bool) -> None:
+def test_silu_mul_program_matches_reference(c_kernels_scalar, rows: int, fused: bool) -> None:
     """I = 96 (a 32-column block); with gate_up the halves of one [T, 2I] tensor are read in place."""
     from qla_agent.kernels.tilelang.norms import silu_mul
 
@@ -49,65 +32,50 @@ def test_silu_mul_program_matches_reference(c_silu_mul, rows: int, fused: bool) 
     assert rel_err(reference_norms.silu_mul(gate.double(), up.double()), out) < 1e-6
 
 
-@pytest.fixture
-def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[SignatureCheck]:
-    from qla_agent.kernels.tilelang import build
-
-    made: list[SignatureCheck] = []
-
-    def compiled(program, config, arch):
-        made.append(SignatureCheck(program(config)))
-        return made[-1]
-
-    monkeypatch.setattr(build, "compiled", compiled)
-    monkeypatch.setattr(build, "device_facts", lambda device: ("sm_90a", 132))
-    return made
-
-
 def _wide(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
-def test_norm_launchers_match_kernel_signatures(signature_checks: list[SignatureCheck]) -> None:
+def test_norm_launchers_match_kernel_signatures(fake_kernels: dict[str, SignatureCheck]) -> None:
     """Hidden-state norms ([T, D]), a q-norm on q sliced out of [T, H, 2 * 256] and the gated norm on z
     sliced out of the GDN projection ([T, 8224] -> [T, 16, 128]): no copies, strides passed through."""
     from qla_agent.kernels.tilelang import norms
 
     x, residual, w = _wide(7, 1024), _wide(7, 1024), _wide(1024)
     y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
-    call = signature_checks[-1].calls[-1]
+    call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == x.data_ptr() and call["s"].data_ptr() == s.data_ptr()
     assert call["y"].data_ptr() == y.data_ptr() and s.shape == y.shape == x.shape
     q = _wide(5, 8, 512)[..., :256]
     norms.rms_norm(q, _wide(256), eps=EPS, zero_centered=False)
-    call = signature_checks[-1].calls[-1]
+    call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == q.data_ptr() and call["x_token_stride8"] == 512 // 8
     projection = _wide(9, 8224)
     z = projection[:, 6144:8192].view(9, 16, 128)
     core = _wide(9, 16, 128)
     out = norms.gated_rms_norm(core, z, _wide(128, dtype=torch.float32), eps=EPS)
-    call = signature_checks[-1].calls[-1]
+    call = fake_kernels["norms"].calls[-1]
     assert call["z"].data_ptr() == z.data_ptr() and (call["z_token_stride8"], call["z_head_stride8"]) == (1028, 16)
     assert out.shape == core.shape and out.dtype == core.dtype
-    assert signature_checks[-1].prim_func.attrs["global_symbol"] == "gated_rms_norm"
+    assert fake_kernels["norms"].prim_func.attrs["global_symbol"] == "gated_rms_norm"
 
 
-def test_silu_mul_launcher_reads_gate_up_halves_in_place(signature_checks: list[SignatureCheck]) -> None:
+def test_silu_mul_launcher_reads_gate_up_halves_in_place(fake_kernels: dict[str, SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     gate_up = _wide(3, 11, 2 * 3584)
     out = norms.silu_mul(gate_up[..., :3584], gate_up[..., 3584:])
-    call = signature_checks[-1].calls[-1]
+    call = fake_kernels["norms"].calls[-1]
     assert call["gate"].data_ptr() == gate_up.data_ptr() and call["gate_stride8"] == 2 * 3584 // 8
     assert call["up"].data_ptr() == gate_up[..., 3584:].data_ptr() and out.shape == (3, 11, 3584)
 
 
-def test_empty_inputs_launch_nothing(signature_checks: list[SignatureCheck]) -> None:
+def test_empty_inputs_launch_nothing(fake_kernels: dict[str, SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     assert norms.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
     assert norms.silu_mul(_wide(0, 64), _wide(0, 64)).shape == (0, 64)
-    assert all(not check.calls for check in signature_checks)
+    assert all(not check.calls for check in fake_kernels.values())
 
 
 LAYOUTS = [
