@@ -34,8 +34,16 @@ class Experts(nn.Module):
     def forward(self, x: Tensor, top_idx: Tensor, top_w: Tensor) -> Tensor:
         """x [T, H], top_idx [T, k] expert ids, top_w [T, k] in x.dtype -> weighted sum [T, H]."""
         out = torch.zeros_like(x)
-        for e in top_idx.unique().tolist():
-            tokens, which = torch.where(top_idx == e)
+        k = top_idx.shape[1]
+        # Group the (token, slot) pairs by expert with one stable sort: per expert the pairs come in
+        # row-major order, as torch.where(top_idx == e) gives them, and one host read covers every expert
+        # (a where per expert would sync once per expert).
+        flat = top_idx.flatten()
+        order = flat.argsort(stable=True)
+        experts, counts = flat[order].unique_consecutive(return_counts=True)
+        experts, counts = torch.stack([experts, counts]).tolist()
+        for e, pairs in zip(experts, order.split(counts)):
+            tokens, which = pairs // k, pairs % k
             hidden = kernels.silu_and_mul(F.linear(x[tokens], self.gate_up_proj[e]))
             y = F.linear(hidden, self.down_proj[e]) * top_w[tokens, which, None]
             # A token picks an expert at most once, so `tokens` has no repeats (index_add_ is slow on CPU).
