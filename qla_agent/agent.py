@@ -16,7 +16,6 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Agent", "AgentError", "AgentEvent", "AssistantTurn", "ChatClient", "Transcript"]
 
 TRANSCRIPT_VERSION = 1
-MAX_PARALLEL_TOOLS = 8
 # Function names the server accepts back in an assistant message's tool_calls.
 _CALL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 NOT_RUN = "error: not run: the turn was interrupted before this call ran; call it again if it is still needed"
@@ -306,8 +304,7 @@ class Agent:
         """Run the calls concurrently (flagged ones are reported, not run); tool messages in call order."""
         for call in calls:
             on_event(AgentEvent("tool_call", call.arguments, call.name))
-        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_TOOLS, len(calls))) as pool:
-            results = list(pool.map(self.tools.run_call, calls))
+        results = self.tools.run_calls(calls)
         for result in results:
             on_event(AgentEvent("tool_result", result.content, result.name))
         return [result.to_message() for result in results]

@@ -1,7 +1,7 @@
 """Tools: tool-call parsers, the registry of JSON-schema functions, built-in tools and their workspace.
 
 The server uses `qla_agent.tools.parsers` (`parser_for`, `opens_reasoning`); the agent loop uses
-`build_registry(ToolSettings(...))`, `registry.openai_tools()` and `registry.arun_calls(calls)`.
+`build_registry(ToolSettings(...))`, `registry.openai_tools()` and `registry.run_calls(calls)`.
 """
 
 from qla_agent.tools.declare import tool, tool_from_function

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from qla_agent.tools.schema import schema_types, validate
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RESULT_CHARS = 64_000
+MAX_PARALLEL_CALLS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +120,17 @@ class ToolRegistry:
             return ToolResult(call.name, f"error: tool call not run: {call.error}", error=True, call_id=call.id)
         return self.call(call.name, call.arguments, call_id=call.id)
 
+    def run_calls(self, calls: Iterable[ToolCall], *, max_workers: int = MAX_PARALLEL_CALLS) -> list[ToolResult]:
+        """Run several parsed calls concurrently in worker threads (at most `max_workers`); results in call order."""
+        calls = list(calls)
+        if not calls:
+            return []
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
+            return list(pool.map(self.run_call, calls))
+
     async def arun_calls(self, calls: Iterable[ToolCall]) -> list[ToolResult]:
-        """Run several parsed calls concurrently in worker threads; results in call order."""
-        return list(await asyncio.gather(*(asyncio.to_thread(self.run_call, c) for c in calls)))
+        """`run_calls` without blocking the event loop."""
+        return await asyncio.to_thread(self.run_calls, calls)
 
     def _render(self, value: Any) -> str:
         if isinstance(value, str):
