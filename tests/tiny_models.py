@@ -43,9 +43,7 @@ def tiny_hf_config(family: str, *, vlm: bool = False, tie: bool = False, **overr
     text = dict(TINY_DIMS, tie_word_embeddings=tie, pad_token_id=pad)
     if family != "qwen3_5":
         text.update(MOE_DIMS)
-    if family == "qwen3_next":
-        text["intermediate_size"] = 96
-    if family == "qwen3_5":
+    if family in ("qwen3_next", "qwen3_5"):
         text["intermediate_size"] = 96
     text.update(overrides)
     if family == "qwen3_next":
