@@ -15,7 +15,6 @@ from tests.agent.server_process import OPTIONS
 EOS_IDS = (256, 258)
 
 
-
 def make_agent(server, path):
     return Agent(ChatClient(server.url), ToolRegistry(), path, request_options=OPTIONS)
 
@@ -26,6 +25,18 @@ def on_disk(path):
 
 def roles(session):
     return [m["role"] for m in session["messages"]]
+
+
+def assert_second_turn_continued(server, first, second):
+    """The second turn went on in the first one's server session, from its checkpoint."""
+    assert second.session_id == first.session_id
+    assert second.usage.cached_tokens > 0
+    assert roles(server.session(first.session_id)) == ["user", "assistant", "user", "assistant"]
+
+
+def notices_into(notices):
+    """An on_event callback that keeps the text of notice events."""
+    return lambda e: notices.append(e.text) if e.kind == "notice" else None
 
 
 def test_turns_keep_session_on_disk_and_send_only_new_messages(server, tmp_path):
@@ -57,9 +68,7 @@ def test_client_restart_continues_the_session(server, tmp_path):
     with make_agent(server, path) as agent:
         assert agent.transcript.session_id == first.session_id
         second = agent.run("after the restart")
-    assert second.session_id == first.session_id
-    assert second.usage.cached_tokens > 0
-    assert roles(server.session(first.session_id)) == ["user", "assistant", "user", "assistant"]
+    assert_second_turn_continued(server, first, second)
 
 
 def test_second_agent_on_the_same_transcript_is_refused(server, tmp_path):
@@ -75,7 +84,7 @@ def test_lost_session_is_recreated_with_the_whole_transcript(server, tmp_path):
     with make_agent(server, path) as agent:
         first = agent.run("remember this")
         assert httpx.delete(f"{server.url}/v1/sessions/{first.session_id}", timeout=30).status_code == 200
-        second = agent.run("still there?", lambda e: notices.append(e.text) if e.kind == "notice" else None)
+        second = agent.run("still there?", notices_into(notices))
         transcript = agent.transcript.messages
     assert len(notices) == 1 and "gone from the server" in notices[0]
     assert second.session_id == first.session_id
@@ -103,7 +112,7 @@ def test_server_holding_fewer_messages_gets_the_whole_transcript(server, tmp_pat
     assert imported.status_code == 200 and imported.json()["n_messages"] == 2
     notices = []
     with make_agent(server, path) as agent:
-        third = agent.run("three", lambda e: notices.append(e.text) if e.kind == "notice" else None)
+        third = agent.run("three", notices_into(notices))
     assert len(notices) == 1 and "fewer than the 4 sent" in notices[0]
     assert third.session_id == sid
     session = server.session(sid)
@@ -126,9 +135,7 @@ def test_server_restart_continues_the_session(server, tmp_path):
         first = agent.run("before the server restarts")
         server.restart()
         second = agent.run("after the server restarted")
-    assert second.session_id == first.session_id
-    assert second.usage.cached_tokens > 0
-    assert roles(server.session(first.session_id)) == ["user", "assistant", "user", "assistant"]
+    assert_second_turn_continued(server, first, second)
 
 
 def test_server_crash_mid_answer_takes_the_turn_back_and_the_session_goes_on(server, tmp_path):
