@@ -51,13 +51,9 @@ class Workspace:
 
     def relative(self, resolved: Path) -> str:
         """A resolved path as the model should write it: relative to the root, with `/`."""
-        rel = resolved.relative_to(self.root).as_posix()
-        return rel if rel != "." else "."
+        return resolved.relative_to(self.root).as_posix()
 
 
 def _via_symlink(candidate: Path) -> bool:
     """Whether any existing component of `candidate` is a symlink (for a clearer refusal message)."""
-    for part in (candidate, *candidate.parents):
-        if part.is_symlink():
-            return True
-    return False
+    return any(part.is_symlink() for part in (candidate, *candidate.parents))

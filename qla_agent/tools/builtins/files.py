@@ -61,18 +61,17 @@ class FileTools:
         first, last = start_line or 1, end_line
         out: list[str] = []
         size = 0
-        with file.open("r", encoding="utf-8", errors="replace", newline="") as f:
-            for number, line in enumerate(f, start=1):
-                if last is not None and number > last:
-                    break
-                if number < first:
-                    continue
-                size += len(line.encode("utf-8"))
-                if size > self.limits.max_read_bytes:
-                    out.append(f"\n[truncated at line {number}: the read limit is {self.limits.max_read_bytes} "
-                               f"bytes; read on with start_line={number}]")
-                    break
-                out.append(line)
+        for number, line in _lines(file):
+            if last is not None and number > last:
+                break
+            if number < first:
+                continue
+            size += len(line.encode("utf-8"))
+            if size > self.limits.max_read_bytes:
+                out.append(f"\n[truncated at line {number}: the read limit is {self.limits.max_read_bytes} "
+                           f"bytes; read on with start_line={number}]")
+                break
+            out.append(line)
         if not out and first > 1:
             raise ToolError(f"{path!r} has fewer than {first} lines")
         return "".join(out)
