@@ -127,8 +127,7 @@ def assistant_message(turn: AssistantTurn) -> dict[str, Any]:
     # A call whose name the server would refuse is left out; its error result still follows.
     calls = [c for c in turn.tool_calls if _CALL_NAME.match(c.name)]
     if calls:
-        message["tool_calls"] = [{"id": c.id, "type": "function",
-                                  "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        message["tool_calls"] = [c.to_openai() for c in calls]
     return message
 
 
