@@ -32,13 +32,17 @@ class PartialRope:
         angles = torch.cat([freqs, freqs], dim=-1)[:, None, :]
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def apply_(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Rotate dims [0, rotary_dim) of x [T, heads, head_dim] in place (x must own its memory); returns x."""
-        half = self.rotary_dim // 2
-        first, second = x[..., :half], x[..., half : self.rotary_dim]
-        rotated = torch.cat([-second, first], dim=-1)
-        x[..., : self.rotary_dim] = x[..., : self.rotary_dim] * cos + rotated * sin
-        return x
+
+
+def rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate dims [0, rotary_dim) of x [T, heads, head_dim] in place (x must own its memory) by cos, sin
+    [T, 1, rotary_dim] from `PartialRope.cos_sin`; returns x."""
+    rotary_dim = cos.shape[-1]
+    half = rotary_dim // 2
+    first, second = x[..., :half], x[..., half:rotary_dim]
+    rotated = torch.cat([-second, first], dim=-1)
+    x[..., :rotary_dim] = x[..., :rotary_dim] * cos + rotated * sin
+    return x
 
 
 class GatedAttention(nn.Module):
@@ -56,7 +60,6 @@ class GatedAttention(nn.Module):
         self.o_proj = nn.Linear(self.nh * self.d, c.hidden_size, bias=False, dtype=dtype, device=device)
         self.q_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
-        self.rope = PartialRope(c.rotary_dim, c.rope_theta)
 
     def _project(self, x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x [T, H], cos_sin of the T positions (`PartialRope.cos_sin`, computed once per forward for
@@ -66,7 +69,7 @@ class GatedAttention(nn.Module):
         v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
         q = self.q_norm(query)
         cos, sin = cos_sin
-        return self.rope.apply_(q, cos, sin), gate.flatten(-2), self.rope.apply_(k, cos, sin), v
+        return rotate_(q, cos, sin), gate.flatten(-2), rotate_(k, cos, sin), v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
