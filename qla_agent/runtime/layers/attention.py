@@ -33,7 +33,6 @@ class PartialRope:
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-
 def rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate dims [0, rotary_dim) of x [T, heads, head_dim] in place (x must own its memory) by cos, sin
     [T, 1, rotary_dim] from `PartialRope.cos_sin`; returns x."""
