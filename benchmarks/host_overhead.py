@@ -148,7 +148,7 @@ def stage_times(x: dict, repeats: int) -> dict[str, float]:
 
 
 def _stand_in_program():
-    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 5 int scalars)."""
+    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 7 int scalars)."""
     import tilelang.language as T
 
     n = T.dynamic("n")
@@ -159,8 +159,8 @@ def _stand_in_program():
         q: T.Tensor((n, 16, 128), f32), k: T.Tensor((n, 16, 128), f32), v: T.Tensor((n, 16, 128), f32),
         t: T.Tensor((n, 16, 64), f32), p: T.Tensor((n, 16, 64), f32), w: T.Tensor((n, 16, 4), f32),
         h0: T.Tensor((1, 16, 128, 128), f32), cu: T.Tensor((2,), "int32"), o: T.Tensor((n, 16, 128), f32),
-        ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32, q_stride8: T.int32,
-        k_stride8: T.int32, v_stride8: T.int32,
+        ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32, parts: T.int32,
+        part_chunks: T.int32, q_stride8: T.int32, k_stride8: T.int32, v_stride8: T.int32,
     ):
         with T.Kernel(1, threads=32):
             o[0, 0, 0] = q[0, 0, 0]
@@ -180,7 +180,7 @@ def tilelang_call_times(repeats: int) -> dict[str, float] | None:
     kernel = tilelang.compile(_stand_in_program(), target={"kind": "cuda", "arch": "sm_90a"})
     args = [torch.zeros(s) for s in ((16, 16, 128),) * 3 + ((16, 16, 64),) * 2 + ((16, 16, 4), (1, 16, 128, 128))]
     args += [torch.zeros(2, dtype=torch.int32), torch.zeros(16, 16, 128), torch.zeros(1, 16, 128, 128), 16, 1]
-    args += [256, 256, 256]
+    args += [1, 1, 256, 256, 256]
     entry = build.entry(kernel)
     assert entry is not kernel, "build.entry must unwrap a tvm_ffi kernel"
     nop = tvm_ffi.get_global_func("testing.nop")

@@ -1,7 +1,7 @@
 """Time the GDN prefill (ours vs FLA Triton vs FlashQLA), the conv and the decode step, in one run on one GPU.
 
     source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,append,conv,decode] [--shapes NAME ...]
-        [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--json PATH]
+        [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--still-heads F] [--json PATH]
 
 --shapes filters every section by substring ("decode", "conv update", "1x16384"). The decode section
 (benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in CUDA graphs
@@ -10,7 +10,9 @@ torch reference vs FLA's Triton conv. The append section (short prefills after a
 runtime's exact layer call) separates host from device time: see `time_append`.
 
 Inputs follow FlashQLA's benchmark: bf16 q/k/v, g = logsigmoid(randn)/16 (fp32), beta = sigmoid(randn),
-q/k L2-normalised inside every kernel, fp32 initial state where the shape says so. Each time is the
+q/k L2-normalised inside every kernel, fp32 initial state where the shape says so; --still-heads F gives
+the first F of the value heads g = 0 (no decay: our context-parallel warm-up then walks back to the
+sequence start for them, its worst case; variant "serial" switches context parallelism off). Each time is the
 median of triton's do_bench over inputs rotated so that repeated calls do not hit a warm L2. The
 roofline is max(FLOPs / 750 TFLOP/s, bytes / 3.0 TB/s) with the ceilings measured on the H100
 (../shared/device/README.md); FLOPs are the chunked form's 163,840 per token and value head.
@@ -63,8 +65,9 @@ SHAPES = [
 ]
 
 
-def make_inputs(shape: BenchShape, device: torch.device, seed: int) -> dict:
-    """One input set for `shape` (B = 1; cu_seqlens when several sequences)."""
+def make_inputs(shape: BenchShape, device: torch.device, seed: int, still_heads: float = 0.0) -> dict:
+    """One input set for `shape` (B = 1; cu_seqlens when several sequences); the first `still_heads`
+    fraction of the value heads never decay (g = 0)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     total = sum(shape.lens)
 
@@ -85,19 +88,20 @@ def make_inputs(shape: BenchShape, device: torch.device, seed: int) -> dict:
         for n in shape.lens:
             offsets.append(offsets[-1] + n)
         x["cu_seqlens"] = torch.tensor(offsets, dtype=torch.int32, device=device)
+    x["g"][..., : round(still_heads * shape.hv)] = 0.0
     return x
 
 
-def input_sets(shape: BenchShape, device: torch.device) -> list[dict]:
+def input_sets(shape: BenchShape, device: torch.device, still_heads: float = 0.0) -> list[dict]:
     """Enough input sets that cycling through them streams ~256 MB (at most 16 sets)."""
     total = sum(shape.lens)
     per_set = total * (2 * shape.hk * 256 + shape.hv * 256 + 8 * shape.hv)
     per_set += shape.h0 * len(shape.lens) * shape.hv * 65536
     count = max(1, min(16, math.ceil(ROTATE_BYTES / per_set)))
-    return [make_inputs(shape, device, seed) for seed in range(count)]
+    return [make_inputs(shape, device, seed, still_heads) for seed in range(count)]
 
 
-VARIANT_SHAPES = ("1x16384 16/32", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
+VARIANT_SHAPES = ("1x16384 16/32", "1x16384 16/16", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
 # Named variants of our kernels (gdn_prefill keyword arguments), timed on VARIANT_SHAPES.
 VARIANTS = {
     "v1": dict(scan_overrides=dict(threads=128, split_k=False)),
@@ -107,6 +111,7 @@ VARIANTS = {
     "bv32": dict(block_v=32),
     "bv64": dict(block_v=64),
     "prep": dict(prep_only=True),
+    "serial": dict(context_parallel=False),
 }
 
 
@@ -273,9 +278,9 @@ def roofline_ms(shape: BenchShape) -> float:
     return 1e3 * max(flops / MATMUL_FLOPS, bytes_moved / COPY_BYTES)
 
 
-def time_shape(shape: BenchShape, fns: dict, variants: list[str]) -> dict:
+def time_shape(shape: BenchShape, fns: dict, variants: list[str], still_heads: float = 0.0) -> dict:
     """Median ms per implementation, and our max relative deviation from FLA on the first input set."""
-    sets = input_sets(shape, torch.device("cuda"))
+    sets = input_sets(shape, torch.device("cuda"), still_heads)
     row = {"shape": shape.name, "roofline_ms": roofline_ms(shape)}
     if "fla" in fns:
         ref = fns["fla"](sets[0])[0].float()
@@ -320,7 +325,7 @@ def run_prefill(args: argparse.Namespace, results: dict) -> list[dict]:
     variants = [v for v in args.variants.split(",") if v]
     rows = results.setdefault("prefill", [])
     for shape in shapes:
-        rows.append(time_shape(shape, fns, variants))
+        rows.append(time_shape(shape, fns, variants, args.still_heads))
         _record(args, results, rows[-1])
     for r in rows:
         extra = {k: round(v, 4) for k, v in r.items() if k.startswith("ours_") and k != "ours_vs_fla"}
@@ -364,6 +369,9 @@ def main() -> None:
     parser.add_argument("--json", help="write the rows here too")
     parser.add_argument("--variants", default="", help=f"comma-separated names from {sorted(VARIANTS)}")
     parser.add_argument("--decode-variants", action="store_true", help="time the decode kernel at every block_v")
+    parser.add_argument(
+        "--still-heads", type=float, default=0.0, help="fraction of value heads with g = 0 in the prefill inputs"
+    )
     args = parser.parse_args()
     ops = args.ops.split(",")
     card = torch.cuda.get_device_name()

@@ -22,9 +22,9 @@ from benchmarks.kernels_conv import CONV_SHAPES  # noqa: E402
 from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS  # noqa: E402
 from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
-from qla_agent.kernels.tilelang.prefill import prefill_configs  # noqa: E402
+from qla_agent.kernels.tilelang.prefill import context_parts, prefill_configs, warmup_config  # noqa: E402
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
-from tests.kernels.test_tilelang_prefill import CASES, LAYOUT_CASES, PREP_CASES  # noqa: E402
+from tests.kernels.test_tilelang_prefill import CASES, CP_CASES, LAYOUT_CASES, PREP_CASES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 H100_SMS = 132
@@ -36,31 +36,44 @@ def _shape_call(s) -> dict:
                 varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
 
 
+def _scan_pairs(call: dict, seqlen: int, common: dict) -> list:
+    """(program, config) pairs of one prefill call of `seqlen` tokens per sequence: prep and scan, and for
+    a call the launcher splits (`context_parts`) also its warm-up and the unsplit scan (context_parallel=False)."""
+    prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
+    pairs = [(chunk_prep.program, prep), (chunk_scan.program, scan)]
+    if not call["varlen"] and call["l2norm"]:
+        parts, _ = context_parts(call["num_seqs"], seqlen, call["value_heads"], common["sm_count"])
+        if parts > 1:
+            split = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common, parts=parts)[1]
+            pairs += [(chunk_scan.program, split), (chunk_scan.program, warmup_config(split, call["has_h0"]))]
+    return pairs
+
+
 def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
     common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS)
+    # (prefill_configs arguments, tokens per sequence)
     calls = [
-        dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, gate_dtype=c.gate_dtype,
-             raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht,
-             num_seqs=len(c.lens) if c.lens else c.shape.B)
-        for c in (*CASES, *LAYOUT_CASES)
+        (dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, gate_dtype=c.gate_dtype,
+              raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht,
+              num_seqs=len(c.lens) if c.lens else c.shape.B), c.shape.T)
+        for c in (*CASES, *CP_CASES, *LAYOUT_CASES)
     ]
-    calls.append(dict(key_heads=2, value_heads=4, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
-                      has_h0=True, store_ht=True, num_seqs=1))
-    calls.append(dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
-                      has_h0=True, store_ht=True, num_seqs=1))
+    calls.append((dict(key_heads=2, value_heads=4, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
+                       has_h0=True, store_ht=True, num_seqs=1), 300))
+    calls.append((dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
+                       has_h0=True, store_ht=True, num_seqs=1), 100))
     # The runtime's GDN layer (qla_agent/runtime/layers/gdn.py): raw bf16 gates, l2norm, state in and out,
-    # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts.
+    # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts, on the e2e benchmark's 8192-token prompt.
     calls += [
-        dict(key_heads=16, value_heads=hv, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, raw_gates=True,
-             l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1)
+        (dict(key_heads=16, value_heads=hv, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, raw_gates=True,
+              l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1), 8192)
         for hv in (16, 32)
     ]
-    calls += [_shape_call(s) for s in SHAPES]
+    calls += [(_shape_call(s), s.lens[0]) for s in SHAPES]
     pairs = []
-    for call in calls:
-        prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
-        pairs += [(chunk_prep.program, prep), (chunk_scan.program, scan)]
+    for call, seqlen in calls:
+        pairs += _scan_pairs(call, seqlen, common)
     # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [
         (chunk_prep.program, chunk_prep.PrepConfig(
@@ -72,9 +85,13 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
             for name in variants:
-                kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
-                configs = prefill_configs(**_shape_call(s), **common, gate_dtype=torch.float32, **kwargs)
-                pairs.append((chunk_scan.program, configs[1]))
+                kwargs = {k: v for k, v in VARIANTS[name].items() if k not in ("prep_only", "context_parallel")}
+                split = VARIANTS[name].get("context_parallel", True) and len(s.lens) == 1
+                parts = context_parts(1, s.lens[0], s.hv, H100_SMS)[0] if split else 1
+                scan = prefill_configs(**_shape_call(s), **common, gate_dtype=torch.float32, parts=parts, **kwargs)[1]
+                pairs.append((chunk_scan.program, scan))
+                if parts > 1:
+                    pairs.append((chunk_scan.program, warmup_config(scan, s.h0)))
     return list(dict.fromkeys(pairs))
 
 

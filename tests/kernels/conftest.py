@@ -10,13 +10,16 @@ from tests.kernels.tilelang_fakes import SignatureCheck
 @pytest.fixture
 def fake_kernels(monkeypatch: pytest.MonkeyPatch) -> dict[str, SignatureCheck]:
     """Every TileLang program compiles to a SignatureCheck (on a pretend H100); returns the latest one of
-    each kernel module by the module's name ("norms", "conv", "chunk_prep", ...)."""
+    each kernel module by the module's name ("norms", "conv", "chunk_prep", ...) and of each kernel by
+    its own name ("chunk_warmup", ...)."""
     from qla_agent.kernels.tilelang import build
 
     made: dict[str, SignatureCheck] = {}
 
     def compiled(program, config, arch):
-        check = made[program.__module__.rsplit(".", 1)[-1]] = SignatureCheck(program(config))
+        prim_func = program(config)
+        check = SignatureCheck(prim_func)
+        made[program.__module__.rsplit(".", 1)[-1]] = made[str(prim_func.attrs["global_symbol"])] = check
         return check
 
     monkeypatch.setattr(build, "compiled", compiled)

@@ -4,6 +4,7 @@ Needs nvcc (skipped without it). A TileLang cache hit counts: the cache key is t
 target and TileLang build, so a hit means this exact kernel compiled for this arch before.
 """
 
+import dataclasses
 import shutil
 
 import pytest
@@ -21,16 +22,19 @@ ARCHS = [
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prefill_kernels_compile(arch: str) -> None:
-    """The two prefill kernels (every feature on: varlen, raw gates, l2norm, states) build for `arch`."""
+    """The prefill kernels (every feature on: varlen, raw gates, l2norm, states; the context-parallel
+    warm-up of a dense call) build for `arch`."""
     from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
-    from qla_agent.kernels.tilelang.prefill import prefill_configs
+    from qla_agent.kernels.tilelang.prefill import prefill_configs, warmup_config
 
     prep_cfg, scan_cfg = prefill_configs(
         key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
         scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True, store_ht=True, num_seqs=64,
         arch=arch, sm_count=132,
     )
-    for program, config in ((chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg)):
+    warmup_cfg = warmup_config(dataclasses.replace(scan_cfg, varlen=False), has_h0=True)
+    kernels = ((chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg), (chunk_scan.program, warmup_cfg))
+    for program, config in kernels:
         kernel = build.compiled(program, config, arch)
         assert "mma_sync" in kernel.get_kernel_source(), f"{program.__module__} uses no tensor-core mma on {arch}"
         assert build.launch_smem_bytes(kernel) <= build.SMEM_LIMIT[arch], (

@@ -53,6 +53,56 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     assert scan["ht"].data_ptr() == ht.data_ptr()
 
 
+def test_context_parallel_warms_up_then_scans_partitions(fake_kernels) -> None:
+    """A long dense call with few heads: the warm-up writes one starting state per partition, the scan reads
+    them as its initial states, runs B x parts CTAs per head slice and stores the B final states."""
+    from qla_agent.kernels.tilelang.prefill import context_parts, gdn_prefill
+
+    batch, seqlen, hv = 2, 4100, 4
+    parts, part_chunks = context_parts(batch, seqlen, hv, sm_count=132)
+    assert parts > 1 and (parts - 1) * part_chunks < -(-seqlen // 64) <= parts * part_chunks
+    x = _inputs(None, batch, seqlen, 2, hv, raw=False)
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True)
+    warm, scan = fake_kernels["chunk_warmup"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
+    assert warm["starts"].shape[0] == batch * parts and warm["starts"].data_ptr() == scan["h0"].data_ptr()
+    assert warm["h0"].data_ptr() == x["initial_state"].data_ptr()
+    assert warm["n_parts"] == scan["n_seqs"] == batch * parts
+    assert warm["parts"] == scan["parts"] == parts and warm["part_chunks"] == scan["part_chunks"] == part_chunks
+    assert scan["ht"].data_ptr() == ht.data_ptr() and ht.shape == x["initial_state"].shape
+    assert scan["o"].data_ptr() == o.data_ptr()
+
+
+@pytest.mark.parametrize("why", ["disabled", "no-l2norm", "varlen"])
+def test_whole_sequences_without_context_parallelism(fake_kernels, why: str) -> None:
+    """Switched off, without unit-norm keys (the warm-up's error bound needs them) or for varlen input,
+    each sequence is one scan unit and no warm-up runs."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    lens = (2000, 2100) if why == "varlen" else None
+    x = _inputs(lens, 2, 4100, 2, 4, raw=False)
+    gdn_prefill(**x, use_qk_l2norm=why != "no-l2norm", context_parallel=why != "disabled")
+    scan = fake_kernels["chunk_scan"].calls[-1]
+    assert "chunk_warmup" not in fake_kernels
+    assert scan["n_seqs"] == 2 and scan["parts"] == 1
+    assert scan["h0"].data_ptr() == x["initial_state"].data_ptr()
+
+
+def test_context_parts_fill_the_gpu_with_long_partitions() -> None:
+    """Partitions double while 2 CTAs per unit fit on the SMs and each keeps MIN_PART_CHUNKS chunks."""
+    from qla_agent.kernels.tilelang.prefill import MIN_PART_CHUNKS, context_parts
+
+    assert context_parts(1, 8192, 16, 132) == (4, 32)
+    assert context_parts(1, 16384, 32, 132) == (2, 128)
+    assert context_parts(1, 32768, 64, 132) == (1, 512)
+    assert context_parts(1, 32768, 8, 132) == (8, 64)
+    assert context_parts(8, 2048, 16, 132) == (1, 32)
+    assert context_parts(1, (2 * MIN_PART_CHUNKS - 1) * 64, 1, 132) == (1, 2 * MIN_PART_CHUNKS - 1)
+    assert context_parts(1, 2 * MIN_PART_CHUNKS * 64, 1, 132) == (2, MIN_PART_CHUNKS)
+    # A ragged tail never leaves an empty last partition.
+    parts, part_chunks = context_parts(1, 65 * 64, 4, 132)
+    assert (parts, part_chunks) == (4, 17) and 3 * part_chunks < 65
+
+
 def _layer_views(seqlen: int, hk: int, hv: int, batch: int = 1) -> dict:
     """Inputs as the runtime's GDN prefill passes them (qla_agent/runtime/layers/gdn.py): q, k, v column
     slices of the conv output u [T, (2 Hk + Hv) 128], raw gates a, b the halves of the [T, 2 Hv] projection."""

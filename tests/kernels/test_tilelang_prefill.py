@@ -57,6 +57,14 @@ CASES = [
     PrefillCase(_shape(3, 200, 2, 2), l2norm=True, dtype=torch.float16),
     PrefillCase(_shape(1, 8192, 1, 2), l2norm=True),
 ]
+# Long dense calls with few heads, which the launcher splits into partitions (context_parts > 1 on any GPU
+# with >= 64 SMs). gdn_inputs' slow heads (0.01 per token) walk their warm-up back past earlier partitions
+# to the sequence start, its fast ones stop after a few chunks; the third is the runtime's 16/16 layer.
+CP_CASES = [
+    PrefillCase(_shape(1, 4100, 2, 4), l2norm=True),
+    PrefillCase(_shape(2, 2500, 1, 2), h0=False, l2norm=True),
+    PrefillCase(_shape(1, 4096, 16, 16), l2norm=True, raw_gates=True, gate_dtype=torch.bfloat16),
+]
 
 
 def _poison_allocator(device: torch.device) -> None:
@@ -117,7 +125,7 @@ def _fla_error(case: PrefillCase, x: dict[str, torch.Tensor], ref: torch.Tensor)
     return rel_err(ref, o)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES + CP_CASES, ids=[c.id for c in CASES + CP_CASES])
 def test_prefill_matches_reference(case: PrefillCase) -> None:
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
@@ -145,6 +153,29 @@ def test_prefill_matches_reference(case: PrefillCase) -> None:
         assert err_ht <= bound, f"final state: rel err {err_ht:.2e} > bound {bound:.2e} (FLA {fla})"
     else:
         assert ht is None
+
+
+@pytest.mark.parametrize("case", CP_CASES, ids=[c.id for c in CP_CASES])
+def test_context_parallel_matches_whole_sequences(case: PrefillCase) -> None:
+    """The partitioned scan agrees with the whole-sequence one (different tiles: bf16 rounding apart), also
+    for a head that never decays (g = 0: its warm-up reaches back to the sequence start, exactly)."""
+    from qla_agent.kernels.tilelang import build
+    from qla_agent.kernels.tilelang.prefill import context_parts, gdn_prefill
+
+    device = torch.device("cuda")
+    s = case.shape
+    assert context_parts(s.B, s.T, s.Hv, build.device_facts(device)[1])[0] > 1
+    x = _inputs(case, device, seed=7)
+    if not case.raw_gates:
+        x["g"][..., 0] = 0.0
+    args = [x[n] for n in ("q", "k", "v", "g", "beta")]
+    whole_o, whole_ht = gdn_prefill(*args, context_parallel=False, **_kwargs(case, x))
+    _poison_allocator(device)
+    o, ht = gdn_prefill(*args, **_kwargs(case, x))
+    torch.cuda.synchronize()
+    assert rel_err(whole_o, o) <= FALLBACK_BOUND and rel_err(whole_ht, ht) <= FALLBACK_BOUND
+    if not case.raw_gates:
+        assert rel_err(whole_o[:, :, 0], o[:, :, 0]) <= FALLBACK_BOUND
 
 
 @pytest.mark.parametrize("split", [1, 64, 100])

@@ -1,7 +1,7 @@
 """Sequential stage of the GDN prefill: the state recurrence over chunks and the output.
 
-One CTA per (sequence, value head, slice of `block_v` state columns); it walks the sequence's chunks
-in order with the fp32 state slice S [128, block_v] in registers. With T, P and the vectors from
+One CTA per (sequence or partition of one, value head, slice of `block_v` state columns); it walks its
+chunks in order with the fp32 state slice S [128, block_v] in registers. With T, P and the vectors from
 `chunk_prep` (see there), per chunk of 64 tokens:
 
     W = V - diag(a) (K S)                  a = exp(gamma) rk
@@ -13,6 +13,15 @@ K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as 
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
 loaded there never reaches S or a stored output. q, k and v are read through their token strides
 (`chunk_prep.strided_rows`).
+
+Context parallelism (dense inputs): each sequence is cut into `parts` partitions of `part_chunks`
+chunks, run as independent CTAs. Their starting states come from the warm-up program
+(`ScanConfig.warmup`): the recurrence without outputs over the last chunks before the partition,
+from a zero state, going back only until the chunks' decays multiply to below exp(WARMUP_LOG_DECAY).
+The state that came before weighs at most that factor in the partition's start (each step
+alpha (I - beta k k^T) has norm <= alpha with unit k and 0 <= beta <= 2), so dropping it is below
+bf16 resolution. Heads that never decay that much walk back to the sequence start and its initial
+state: exact, just not faster.
 """
 
 from dataclasses import dataclass
@@ -21,6 +30,11 @@ import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
 from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
+
+# A warm-up window ends once its chunks' decays multiply to below e^-10 (4.5e-5, ~90x under bf16's 2^-8).
+WARMUP_LOG_DECAY = -10.0
+# A chunk's decay factor is clamped to this before its log (exp(gamma_C) may underflow to 0).
+MIN_CHUNK_DECAY = 1e-30
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +53,31 @@ class ScanConfig:
     # A second K tile for the state update: the first one's last use is then at the top of a chunk,
     # so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
     split_k: bool = False
+    # The warm-up of context parallelism: partition starting states, no outputs (dense inputs only).
+    warmup: bool = False
+
+
+def _step_buffers(cfg: ScanConfig) -> dict:
+    """Name -> (dtype, or "fragment" / "local" for fp32 registers; shape) of a chunk step's buffers, in
+    `chunk_step`'s order; None for those the warm-up does not use."""
+    dt, f32, C, D, BV = cfg.dtype, "float32", CHUNK, HEAD_DIM, cfg.block_v
+    specs = dict(
+        q_s=(dt, (C, D)), k_s=(dt, (C, D)), k2_s=(dt, (C, D) if cfg.split_k else (1, 8)), v_s=(dt, (C, BV)),
+        t_s=(dt, (C, C)), p_s=(dt, (C, C)), vec_s=(f32, (4, C)), s_s=(dt, (D, BV)), w_s=(dt, (C, BV)),
+        u_s=(dt, (C, BV)), ud_s=(dt, (C, BV)), o_s=(dt, (C, BV)), ks=("fragment", (C, BV)),
+        qs=("fragment", (C, BV)), uf=("fragment", (C, BV)), lam=("local", (1,)),
+    )
+    if cfg.warmup:
+        specs.update(dict.fromkeys(("q_s", "p_s", "u_s", "o_s", "qs")))
+    return specs
 
 
 def program(cfg: ScanConfig):
-    """The prim_func for `cfg`: grid (128 / block_v, value heads, sequences)."""
+    """The prim_func for `cfg`: grid (128 / block_v, value heads, sequences or partitions)."""
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C, BV = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK, cfg.block_v
     group = Hv // Hk
+    outputs = not cfg.warmup
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
@@ -53,52 +85,69 @@ def program(cfg: ScanConfig):
     nht = T.dynamic("nht")
     sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
 
-    # Buffers of a chunk step, allocated once per CTA: (dtype, or "fragment" / "local" for fp32 registers; shape).
-    step_buffers = (
-        (dt, (C, D)), (dt, (C, D)), (dt, (C, D) if cfg.split_k else (1, 8)), (dt, (C, BV)), (dt, (C, C)),
-        (dt, (C, C)), (f32, (4, C)), (dt, (D, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)), (dt, (C, BV)),
-        ("fragment", (C, BV)), ("fragment", (C, BV)), ("fragment", (C, BV)), ("local", (1,)),
-    )
     @T.macro
-    def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, smem):
-        q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = smem
-        T.copy(q[bos:bos + C, hk, 0:D], q_s)
+    def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
+        # Plain names: TileLang's parser does not take a subscripted dict entry as an assignment target.
+        q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = b.values()
+        if outputs:
+            T.copy(q[bos:bos + C, hk, 0:D], q_s)
         T.copy(k[bos:bos + C, hk, 0:D], k_s)
         if cfg.split_k:
             T.copy(k[bos:bos + C, hk, 0:D], k2_s)
         T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
         T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
-        T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+        if outputs:
+            T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
         T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
         T.copy(S, s_s)
         T.gemm(k_s, s_s, ks, clear_accum=True)
-        T.gemm(q_s, s_s, qs, clear_accum=True)
-        for r, x in T.Parallel(C, BV):
-            w_s[r, x] = T.cast(T.cast(v_s[r, x], f32) - vec_s[0, r] * ks[r, x], dt)
-            qs[r, x] = qs[r, x] * vec_s[1, r]
+        if outputs:
+            T.gemm(q_s, s_s, qs, clear_accum=True)
+            for r, x in T.Parallel(C, BV):
+                w_s[r, x] = T.cast(T.cast(v_s[r, x], f32) - vec_s[0, r] * ks[r, x], dt)
+                qs[r, x] = qs[r, x] * vec_s[1, r]
+        else:
+            for r, x in T.Parallel(C, BV):
+                w_s[r, x] = T.cast(T.cast(v_s[r, x], f32) - vec_s[0, r] * ks[r, x], dt)
         lam[0] = vec_s[3, 0]
         T.gemm(t_s, w_s, uf, clear_accum=True)
-        for r, x in T.Parallel(C, BV):
-            u_s[r, x] = T.cast(uf[r, x], dt)
-            ud_s[r, x] = T.cast(uf[r, x] * vec_s[2, r], dt)
-        T.gemm(p_s, u_s, qs)
+        if outputs:
+            for r, x in T.Parallel(C, BV):
+                u_s[r, x] = T.cast(uf[r, x], dt)
+                ud_s[r, x] = T.cast(uf[r, x] * vec_s[2, r], dt)
+            T.gemm(p_s, u_s, qs)
+        else:
+            for r, x in T.Parallel(C, BV):
+                ud_s[r, x] = T.cast(uf[r, x] * vec_s[2, r], dt)
         for kk, x in T.Parallel(D, BV):
             S[kk, x] = S[kk, x] * lam[0]
-        if cfg.split_k:
-            T.gemm(k2_s, ud_s, S, transpose_A=True)
-        else:
-            T.gemm(k_s, ud_s, S, transpose_A=True)
-        T.copy(qs, o_s)
-        for r, x in T.Parallel(C, BV):
-            if bos + r < eos:
-                o[bos + r, bh, v0 + x] = o_s[r, x]
+        T.gemm(k2_s if cfg.split_k else k_s, ud_s, S, transpose_A=True)
+        if outputs:
+            T.copy(qs, o_s)
+            for r, x in T.Parallel(C, BV):
+                if bos + r < eos:
+                    o[bos + r, bh, v0 + x] = o_s[r, x]
+
+    def allocate():
+        """The chunk step's buffers, once per CTA, and the state slice S."""
+        b = {
+            name: None if spec is None else T.alloc_local(spec[1], f32) if spec[0] == "local" else
+            T.alloc_fragment(spec[1], f32) if spec[0] == "fragment" else T.alloc_shared(spec[1], spec[0])
+            for name, spec in _step_buffers(cfg).items()
+        }
+        return b, T.alloc_fragment((D, BV), f32)
 
     @T.macro
-    def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs):
-        """The whole CTA: find the sequence, hold S in registers and run `chunk_step` over its chunks."""
+    def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks):
+        """One CTA per (sequence or partition, head, slice): hold S in registers, run `chunk_step` over its chunks.
+
+        Dense partition p of sequence s (n_seqs = sequences x parts) starts from h0[its index] and
+        stores its state only if it is the sequence's last; varlen sequences are whole (parts = 1)."""
         with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
-            # (first token, end, first chunk) of sequence bn
+            # (first token, end, first chunk) of the CTA's token run
             span = T.alloc_local((3,), "int32")
+            seq = bn // parts
+            part = bn % parts
             if cfg.varlen:
                 span[0] = cu_seqlens[bn]
                 span[1] = cu_seqlens[bn + 1]
@@ -106,23 +155,74 @@ def program(cfg: ScanConfig):
                 for i in T.serial(bn):
                     span[2] = span[2] + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
             else:
-                span[0] = bn * seq_len
-                span[1] = span[0] + seq_len
-                span[2] = bn * T.ceildiv(seq_len, C)
-            smem = tuple(
-                T.alloc_local(shape, f32) if kind == "local" else
-                T.alloc_fragment(shape, f32) if kind == "fragment" else
-                T.alloc_shared(shape, kind) for kind, shape in step_buffers
-            )
-            S = T.alloc_fragment((D, BV), f32)
+                span[0] = seq * seq_len + part * part_chunks * C
+                span[1] = T.min(span[0] + part_chunks * C, (seq + 1) * seq_len)
+                span[2] = seq * T.ceildiv(seq_len, C) + part * part_chunks
+            b, S = allocate()
             if cfg.has_initial_state:
                 T.copy(h0[bn, bh, 0:D, bv * BV:bv * BV + BV], S)
             else:
                 T.clear(S)
             for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
-                chunk_step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, smem)
-            if cfg.store_final_state:
-                T.copy(S, ht[bn, bh, 0:D, bv * BV:bv * BV + BV])
+                chunk_step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b)
+            if cfg.store_final_state and part == parts - 1:
+                T.copy(S, ht[seq, bh, 0:D, bv * BV:bv * BV + BV])
+
+    @T.macro
+    def warm_up(k, v, tmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
+        """One CTA per (partition, head, slice): the state at the partition's start, into starts[partition]."""
+        with T.Kernel(D // BV, Hv, n_parts, threads=cfg.threads) as (bv, bh, bn):
+            seq = bn // parts
+            end = bn % parts * part_chunks  # the partition's first chunk: the window ends there
+            first_chunk = seq * T.ceildiv(seq_len, C)
+            # Walk back from the window's end while the decay so far stays above the bound: the window
+            # starts at the first chunk that takes it below, or at the sequence start (then from h0).
+            start = T.alloc_var("int32")
+            found = T.alloc_var("int32")
+            log_decay = T.alloc_var(f32)
+            start = 0
+            found = 0
+            log_decay = 0.0
+            for i in T.serial(end):
+                if found == 0:
+                    lam = vecs[first_chunk + end - 1 - i, bh, 3, 0]
+                    log_decay = log_decay + T.log(T.max(lam, MIN_CHUNK_DECAY))
+                    if log_decay <= WARMUP_LOG_DECAY:
+                        found = 1
+                        start = end - 1 - i
+            b, S = allocate()
+            T.clear(S)
+            if cfg.has_initial_state:
+                if start == 0:
+                    T.copy(h0[seq, bh, 0:D, bv * BV:bv * BV + BV], S)
+            for j in T.Pipelined(end - start, num_stages=cfg.num_stages):
+                bos = seq * seq_len + (start + j) * C
+                chunk_step(
+                    None, k, v, tmat, None, vecs, None, S, bos, bos + C, first_chunk + start + j, bh, bh // group,
+                    bv * BV, b,
+                )
+            T.copy(S, starts[bn, bh, 0:D, bv * BV:bv * BV + BV])
+
+    if cfg.warmup:
+
+        @T.prim_func
+        def chunk_warmup(
+            k: strided_rows((ntok, Hk, D), sk, dt),
+            v: strided_rows((ntok, Hv, D), sv, dt),
+            tmat: T.Tensor((nchunk, Hv, C, C), dt),
+            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+            h0: T.Tensor((nh0, Hv, D, D), f32),
+            starts: T.Tensor((nht, Hv, D, D), f32),
+            seq_len: T.int32,
+            n_parts: T.int32,
+            parts: T.int32,
+            part_chunks: T.int32,
+            k_stride8: sk,
+            v_stride8: sv,
+        ):
+            warm_up(k, v, tmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks)
+
+        return chunk_warmup
 
     @T.prim_func
     def chunk_scan(
@@ -138,10 +238,12 @@ def program(cfg: ScanConfig):
         ht: T.Tensor((nht, Hv, D, D), f32),
         seq_len: T.int32,
         n_seqs: T.int32,
+        parts: T.int32,
+        part_chunks: T.int32,
         q_stride8: sq,
         k_stride8: sk,
         v_stride8: sv,
     ):
-        walk((q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs)
+        walk((q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks)
 
     return chunk_scan

@@ -1,4 +1,5 @@
-"""Launcher of the TileLang GDN prefill: picks the kernel configs, shapes the buffers, runs two kernels.
+"""Launcher of the TileLang GDN prefill: picks the kernel configs, shapes the buffers, runs two kernels
+(three with context parallelism).
 
 No host synchronisation: sequence boundaries are read on the device (the kernels walk cu_seqlens),
 and every buffer size follows from tensor shapes alone, so a call can be captured in a CUDA graph.
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 CHUNK = chunk_prep.CHUNK
 # Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
 SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
+# Context parallelism keeps partitions at least this many chunks long (the warm-up costs a few chunks).
+MIN_PART_CHUNKS = 16
+
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
     """block_v, threads and split_k of chunk_scan for N x Hv = parallel_units (measured on the H100).
@@ -34,12 +38,29 @@ def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
     return dict(block_v=64, threads=128, split_k=False)
 
 
+def context_parts(batch: int, seqlen: int, value_heads: int, sm_count: int) -> tuple[int, int]:
+    """(partitions per sequence, chunks per partition) of a dense call's scan.
+
+    A sequence is cut in two again while its B x parts x Hv scan units, doubled, would still leave
+    room for two CTAs of each on every SM (`pick_scan_tile` then gives each unit 2-8 CTAs) and each
+    partition keeps MIN_PART_CHUNKS chunks: 1x8192 16/16 -> 4 partitions, 16/32 -> 2, 16/64 -> 1,
+    2/8 or 4/8 -> 8 once T >= 16384 (on 132 SMs).
+    """
+    chunks = -(-seqlen // CHUNK)
+    parts = 1
+    while 4 * batch * parts * value_heads <= sm_count and chunks >= 2 * parts * MIN_PART_CHUNKS:
+        parts *= 2
+    part_chunks = -(-chunks // parts)
+    return -(-chunks // part_chunks), part_chunks
+
+
 def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
-    arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None,
+    arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None, parts: int = 1,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
-    """The two kernel configs of one call (a pure function of shapes and flags, for precompiling too).
+    """The prep and scan configs of one call (a pure function of shapes and flags, for precompiling too);
+    with parts > 1 partitions per sequence the scan starts from the warm-up's states (`warmup_config`).
 
     scan_overrides replaces ScanConfig fields (threads, split_k, ...) for benchmarking variants.
     """
@@ -49,23 +70,30 @@ def prefill_configs(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=tl[gate_dtype],
         param_dtype=tl[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
     )
-    tile = pick_scan_tile(arch, num_seqs * value_heads, sm_count)
+    tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
     if block_v is not None:
         tile["block_v"] = block_v
     scan = chunk_scan.ScanConfig(
-        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0,
+        key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0 or parts > 1,
         store_final_state=store_ht, varlen=varlen, **tile,
     )
     return prep, dataclasses.replace(scan, **(scan_overrides or {}))
 
 
+def warmup_config(scan: chunk_scan.ScanConfig, has_h0: bool) -> chunk_scan.ScanConfig:
+    """The warm-up of a context-parallel call: `scan`'s tile, the call's initial state, states out."""
+    return dataclasses.replace(scan, warmup=True, has_initial_state=has_h0, store_final_state=True)
+
+
 @dataclass(frozen=True, slots=True)
 class LaunchPlan:
-    """What every call with one signature shares: the two kernels' FFI entries and the stand-ins for
-    arguments the specialisation never reads (no offsets, no gate parameters, no state)."""
+    """What every call with one signature shares: the kernels' FFI entries (warmup: None without context
+    parallelism) and the stand-ins for arguments the specialisation never reads (no offsets, no gate
+    parameters, no state)."""
 
     prep: Callable[..., object]
     scan: Callable[..., object]
+    warmup: Callable[..., object] | None
     no_offsets: torch.Tensor
     no_params: torch.Tensor
     no_state: torch.Tensor
@@ -80,7 +108,7 @@ _plans: dict[tuple, LaunchPlan] = {}
 def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
-    has_h0: bool, store_ht: bool, num_seqs: int, block_v: int | None, overrides: tuple,
+    has_h0: bool, store_ht: bool, num_seqs: int, parts: int, block_v: int | None, overrides: tuple,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
@@ -89,9 +117,12 @@ def _make_plan(
         param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
         raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
         num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
+        parts=parts,
     )
+    warmup = None if parts == 1 else compiler(chunk_scan.program, warmup_config(scan_cfg, has_h0), arch)
     return LaunchPlan(
         prep=build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
+        warmup=None if warmup is None else build.entry(warmup),
         scan=build.entry(compiler(chunk_scan.program, scan_cfg, arch)),
         no_offsets=build.placeholder((2,), torch.int32, device),
         no_params=build.placeholder((hv,), torch.float32, device),
@@ -137,7 +168,7 @@ def gdn_prefill(
     cu_seqlens: torch.Tensor | None = None, use_qk_l2norm: bool = False,
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
-    scan_overrides: dict | None = None, prep_only: bool = False,
+    scan_overrides: dict | None = None, prep_only: bool = False, context_parallel: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
@@ -148,16 +179,29 @@ def gdn_prefill(
     Per call this runs two kernels, makes five allocations and views the inputs: q, k, v, g and beta
     are read through their token strides (`token_rows`, `gate_rows`; only a layout the kernels cannot
     read is copied); everything else is looked up by the call's signature.
+
+    context_parallel: a dense call whose B x Hv heads leave SMs idle splits each sequence into
+    partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
+    states (`chunk_scan`: exact for heads that do not decay below e^-10 before a partition, else within
+    e^-10 of the older state). Only with use_qk_l2norm, as its error bound needs unit-norm keys (and
+    0 <= beta <= 2, g <= 0, which the model's gates satisfy).
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
     device = q.device
     ntok = batch * seqlen
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if cu_seqlens is not None:
+        parts, part_chunks = 1, 0  # varlen sequences are scanned whole
+    elif context_parallel and use_qk_l2norm and not prep_only:
+        parts, part_chunks = context_parts(batch, seqlen, hv, build.device_facts(device)[1])
+    else:
+        parts, part_chunks = 1, -(-seqlen // CHUNK)
     key = (
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
-        output_final_state, num_seqs, block_v, tuple(sorted(scan_overrides.items())) if scan_overrides else (),
+        output_final_state, num_seqs, parts, block_v,
+        tuple(sorted(scan_overrides.items())) if scan_overrides else (),
     )
     plan = _plans.get(key)
     if plan is None:
@@ -201,5 +245,12 @@ def gdn_prefill(
         ht = torch.empty_like(h0)
     else:
         ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
-    plan.scan(q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs, q_stride8, k_stride8, v_stride8)
+    if plan.warmup is not None:
+        starts = torch.empty((batch * parts, hv, dim, dim), dtype=torch.float32, device=device)
+        plan.warmup(k2, v2, tmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, k_stride8, v_stride8)
+        h0 = starts
+    plan.scan(
+        q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks,
+        q_stride8, k_stride8, v_stride8,
+    )
     return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)
