@@ -1,12 +1,15 @@
-"""Time the row kernels (RMSNorm, add + RMSNorm, gated RMSNorm, SiLU-mul): ours vs the torch reference vs
-the memory floor, for the 0.8B and 4B model shapes at T tokens.
+"""Time the row kernels (RMSNorm, add + RMSNorm, gated RMSNorm, SiLU-mul, sigmoid-gate-mul): ours vs the torch
+reference vs the memory floor, for the 0.8B and 4B model shapes at T tokens.
 
     source .device/setup.sh && python benchmarks/kernels_norms.py [--tokens 8192] [--json PATH]
 
 Inputs as the runtime passes them (bf16): hidden states [T, D] (the residual add reads x and the
 residual and writes y and the sum), the attention q-norm on q sliced out of [T, Hq, 2 * 256], the
 GDN output norm on z sliced out of the input projection, SiLU-mul on the halves of a fused [T, 2I]
-projection. The floor is the bytes read and written once at COPY_BYTES. Times are medians of
+projection, the attention output gate on SDPA's output (the runtime's prefill call, in the layout SDPA
+returns) and the gate columns of q_proj ([T, H, 2 * 256], per head [query | gate]); its reference is the
+torch expression x * torch.sigmoid(gate) on the same views (two passes; the runtime's former form also
+flattened both to [T, H * 256] first, a copy of the gate and of a head-major x). The floor is the bytes read and written once at COPY_BYTES. Times are medians of
 triton's do_bench over input sets rotated so that repeated calls do not hit a warm L2: device time
 from GRAPH_CALLS calls replayed in one CUDA graph, and eager (which adds our launcher's host time).
 
@@ -27,19 +30,22 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.harness import (  # noqa: E402
     COPY_BYTES, ROTATE_BYTES, eager_us, graph_us, log_row, write_rows_and_print,
 )
 
 EPS = 1e-6
+# Key/value heads of the attention layers whose output sigmoid_gate_mul gates (0.8B: 8 query heads, 2 kv heads).
+KV_HEADS = 2
 
 
 @dataclass(frozen=True, slots=True)
 class NormShape:
     """One call: `op` on `tokens` rows of `heads` x `dim` (row_width: the projection a slice comes from)."""
 
-    op: str  # "rms_norm" | "add_rms_norm" | "q_norm" | "gated_rms_norm" | "silu_mul"
+    op: str  # "rms_norm" | "add_rms_norm" | "q_norm" | "gated_rms_norm" | "silu_mul" | "sigmoid_gate_mul"
     tokens: int
     dim: int
     heads: int = 1
@@ -53,7 +59,9 @@ class NormShape:
     @property
     def moved_bytes(self) -> int:
         """bf16 bytes read and written once: inputs + outputs (see the module docstring)."""
-        tensors = {"rms_norm": 2, "add_rms_norm": 4, "q_norm": 2, "gated_rms_norm": 3, "silu_mul": 3}[self.op]
+        tensors = {
+            "rms_norm": 2, "add_rms_norm": 4, "q_norm": 2, "gated_rms_norm": 3, "silu_mul": 3, "sigmoid_gate_mul": 3,
+        }[self.op]
         return 2 * tensors * self.tokens * self.heads * self.dim
 
 
@@ -67,7 +75,19 @@ def norm_shapes(tokens: int) -> list[NormShape]:
         NormShape("gated_rms_norm", tokens, 128, heads=16, row_width=8224),
         NormShape("gated_rms_norm", tokens, 128, heads=32, row_width=12352),
         *(NormShape("silu_mul", tokens, d) for d in (3584, 9216)),
+        NormShape("sigmoid_gate_mul", tokens, 256, heads=8, row_width=8 * 2 * 256),
     ]
+
+
+def _attention_output(tokens: int, heads: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """[tokens, heads, dim] bf16 as the runtime's prefill attention returns it (causal, KV_HEADS kv heads,
+    q passed as q.transpose(0, 1)[None]): a view of SDPA's output in whatever layout SDPA chose."""
+    q = torch.randn(tokens, heads, dim, generator=gen, device="cuda").bfloat16()
+    keys, values = torch.randn(2, 1, KV_HEADS, tokens, dim, generator=gen, device="cuda").bfloat16()
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], keys, values, is_causal=True, scale=dim**-0.5, enable_gqa=True
+    )
+    return out[0].transpose(0, 1)
 
 
 def _input_set(shape: NormShape, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -84,6 +104,8 @@ def _input_set(shape: NormShape, gen: torch.Generator) -> dict[str, torch.Tensor
     if shape.op == "gated_rms_norm":
         z = randn(t, shape.row_width)[:, -(h * d + 2 * h) : -2 * h].view(t, h, d)
         return {"x": randn(t, h, d), "z": z, "weight": 1 + randn(d) / 8}
+    if shape.op == "sigmoid_gate_mul":
+        return {"x": _attention_output(t, h, d, gen), "gate": randn(t, shape.row_width).view(t, h, 2 * d)[..., d:]}
     gate_up = randn(t, 2 * d)
     return {"gate": gate_up[:, :d], "up": gate_up[:, d:]}
 
@@ -96,6 +118,8 @@ def _call(module, shape: NormShape, x: dict[str, torch.Tensor]) -> object:
         return module.rms_norm(x["x"], x["weight"], eps=EPS)
     if shape.op == "gated_rms_norm":
         return module.gated_rms_norm(x["x"], x["z"], x["weight"], eps=EPS)
+    if shape.op == "sigmoid_gate_mul":
+        return module.sigmoid_gate_mul(x["x"], x["gate"])
     return module.silu_mul(x["gate"], x["up"])
 
 
@@ -195,6 +219,10 @@ def precompile_configs() -> list:
                 pairs.append((norms.gated_rms_norm_program, config))
         for dim in (1024, 3584, 9216):
             pairs.append((norms.silu_mul_program, norms.silu_mul_config(dim, dtype)))
+        # Attention gates: rows one stride apart (heads 1) or read per head (a head-major SDPA output).
+        for dim in (128, 256):
+            for heads in (1, 8):
+                pairs.append((norms.sigmoid_gate_mul_program, norms.sigmoid_gate_mul_config(dim, heads, dtype)))
     for weight in (bf16, f32):
         pairs.append((norms.rms_norm_program, norms.rms_norm_config(2048, 1, bf16, weight, None, zero_centered=False)))
     return list(dict.fromkeys(pairs))

@@ -14,7 +14,7 @@ from qla_agent.kernels.reference import gdn_gates
 
 __all__ = [
     "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_gates", "gdn_prefill",
-    "rms_norm", "silu_and_mul", "silu_mul",
+    "rms_norm", "sigmoid_gate_mul", "silu_and_mul", "silu_mul",
 ]
 
 
@@ -126,6 +126,14 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, impl: str = "auto") -> tor
     checks_norms.check_silu_mul(gate, up)
     arguments = dict(gate=gate, up=up)
     return resolve("silu_mul", impl, arguments)(**arguments)
+
+
+def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """The gated attention output: x, gate [..., D] (either may be strided, e.g. gate the gate columns of
+    q_proj) -> x * sigmoid(gate) [..., D], contiguous in the TileLang kernel (== x * torch.sigmoid(gate))."""
+    checks_norms.check_sigmoid_gate_mul(x, gate)
+    arguments = dict(x=x, gate=gate)
+    return resolve("sigmoid_gate_mul", impl, arguments)(**arguments)
 
 
 def silu_and_mul(gate_up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:

@@ -55,3 +55,10 @@ def check_silu_mul(gate: torch.Tensor, up: torch.Tensor) -> None:
     _expect_rows("gate", gate)
     _expect_like("up", up, "gate", gate)
     _expect_float_on_device("gate", gate, up=up)
+
+
+def check_sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> None:
+    """Validate sigmoid_gate_mul inputs: x [..., D], gate like x."""
+    _expect_rows("x", x)
+    _expect_like("gate", gate, "x", x)
+    _expect_float_on_device("x", x, gate=gate)

@@ -2,7 +2,7 @@
 
 A fast backend is a module listed in FAST_BACKENDS that exposes, for each op it implements, a
 function with the public signature minus `impl` (gdn_prefill, gdn_decode, causal_conv1d,
-causal_conv1d_update, rms_norm, add_rms_norm, gated_rms_norm, silu_mul), plus
+causal_conv1d_update, rms_norm, add_rms_norm, gated_rms_norm, silu_mul, sigmoid_gate_mul), plus
 
     def supports(op: str, **arguments) -> str | None
 
@@ -42,6 +42,7 @@ REFERENCE_OPS: dict[str, Callable[..., Any]] = {
     "add_rms_norm": reference_norms.add_rms_norm,
     "gated_rms_norm": reference_norms.gated_rms_norm,
     "silu_mul": reference_norms.silu_mul,
+    "sigmoid_gate_mul": reference_norms.sigmoid_gate_mul,
 }
 
 # Backend name -> imported module, or the reason it could not be imported.

@@ -1,4 +1,5 @@
-"""RMSNorm, gated RMSNorm and SiLU-mul reference: the executable spec of the model's row-wise elementwise ops.
+"""RMSNorm, gated RMSNorm, SiLU-mul and sigmoid-gate-mul reference: the executable spec of the model's
+row-wise elementwise ops.
 
 Plain torch, any device, any float dtype. The rounding structure is that of the Qwen hybrid models in
 transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel must reproduce:
@@ -6,6 +7,7 @@ transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel mus
     x, residual, z  [..., D]   rows normalised independently (D = hidden size, or a head's width)
     weight          [D]        zero-centred norms store w - 1 and scale by (1 + w)
     gate, up        [..., I]
+    x, gate         [..., D]   sigmoid_gate_mul: x an attention output head, gate its gate columns
 
     rms(x)          = xf * rsqrt(mean(xf^2) + eps),  xf = x in fp32 (fp64 when x is fp64)
     rms_norm        = (rms(x) * (1 + w in fp32)).to(x.dtype)          zero_centered (w in fp32 when plain)
@@ -14,6 +16,8 @@ transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel mus
     gated_rms_norm  = ((w * rms(x).to(x.dtype)) * silu(z in fp32)).to(x.dtype)
                       (w * ... is computed in torch's promotion of w's and x's dtypes and rounded there)
     silu_mul        = silu(gate) * up                                 silu in fp32 rounded to gate.dtype,
+                                                                      then the product rounded again
+    sigmoid_gate_mul = x * sigmoid(gate)                              sigmoid in fp32 rounded to gate.dtype,
                                                                       then the product rounded again
 
 mean(xf^2) is the fp32 sum of squares times 1/D in fp32 (torch's mean); a kernel may sum in another
@@ -24,7 +28,9 @@ round alike (tests bound the difference by one unit in the last place). The sum 
 import torch
 import torch.nn.functional as F
 
-from qla_agent.kernels.checks_norms import check_gated_rms_norm, check_rms_norm, check_silu_mul
+from qla_agent.kernels.checks_norms import (
+    check_gated_rms_norm, check_rms_norm, check_sigmoid_gate_mul, check_silu_mul,
+)
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -70,3 +76,9 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gate, up [..., I] -> silu(gate) * up [..., I] in torch's promotion of their dtypes."""
     check_silu_mul(gate, up)
     return F.silu(gate) * up
+
+
+def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x, gate [..., D] -> x * sigmoid(gate) [..., D] in torch's promotion of their dtypes."""
+    check_sigmoid_gate_mul(x, gate)
+    return x * torch.sigmoid(gate)

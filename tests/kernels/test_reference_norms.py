@@ -62,6 +62,17 @@ def test_silu_mul_is_torch(dtype: torch.dtype) -> None:
     assert torch.equal(kernels.silu_and_mul(gate_up), F.silu(gate_up[:, :40]) * gate_up[:, 40:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sigmoid_gate_mul_is_the_model_gate(dtype: torch.dtype) -> None:
+    """Qwen3.5 attention: attn_output * torch.sigmoid(gate) on [T, nh*d]; the reference on the [T, nh, d]
+    views (gate the strided columns of q_proj, per head [query | gate]) gives the same bits."""
+    projection = _randn(7, 4, 2 * 64, dtype=dtype, seed=18) * 4
+    x, gate = _randn(7, 4, 64, dtype=dtype, seed=19), projection[..., 64:]
+    expected = x.flatten(-2) * torch.sigmoid(gate.flatten(-2))
+    out = reference_norms.sigmoid_gate_mul(x, gate)
+    assert out.shape == x.shape and torch.equal(out.flatten(-2), expected)
+
+
 def test_fp64_inputs_are_computed_in_fp64() -> None:
     x, w = _randn(5, 64, dtype=torch.float64, seed=13), _randn(64, dtype=torch.float64, seed=14)
     exact = x / (x.pow(2).mean(-1, keepdim=True) + EPS).sqrt() * (1 + w)
@@ -77,6 +88,7 @@ def test_public_entry_points_use_the_reference_on_cpu() -> None:
         assert torch.equal(out, ref)
     assert torch.equal(kernels.gated_rms_norm(x, z, w, eps=EPS), reference_norms.gated_rms_norm(x, z, w, eps=EPS))
     assert torch.equal(kernels.silu_mul(x, z), reference_norms.silu_mul(x, z))
+    assert torch.equal(kernels.sigmoid_gate_mul(x, z), reference_norms.sigmoid_gate_mul(x, z))
     with pytest.raises(ValueError, match="inputs are on cpu"):
         kernels.rms_norm(x, w, eps=EPS, impl="tilelang")
 
@@ -93,6 +105,9 @@ REJECTED = [
                  id="residual_shape"),
     pytest.param(lambda: kernels.gated_rms_norm(X, X.T, W, eps=EPS), "z must have the shape of x", id="z_shape"),
     pytest.param(lambda: kernels.silu_mul(X, X[:, :32]), "up must have the shape of gate", id="up_shape"),
+    pytest.param(lambda: kernels.sigmoid_gate_mul(X, X[:, :32]), "gate must have the shape of x", id="gate_shape"),
+    pytest.param(lambda: kernels.sigmoid_gate_mul(X, X.long()), "gate must be a floating-point tensor",
+                 id="int_gate"),
     pytest.param(lambda: kernels.silu_and_mul(torch.zeros(3, 5)), r"gate_up must have shape \[..., 2I\]",
                  id="odd_gate_up"),
     pytest.param(lambda: kernels.rms_norm(X, W, eps=EPS, impl="fast"), "impl must be one of", id="unknown_impl"),

@@ -1,4 +1,4 @@
-"""GPU tests of the TileLang norm and SiLU-mul kernels against the torch references.
+"""GPU tests of the TileLang norm, SiLU-mul and sigmoid-gate-mul kernels against the torch references.
 
 The references run on the same inputs in the same dtype: the kernels round at the same places, so
 an output may differ from the reference only where the fp32 results (sums of squares added in
@@ -9,6 +9,7 @@ bounds the absolute error. The allocator cache is NaN-filled first, so an elemen
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qla_agent import kernels
 from qla_agent.kernels import reference_norms
@@ -139,6 +140,45 @@ def test_silu_mul_matches_reference(dim: int, rows: int, dtype: torch.dtype, fus
     assert_within_one_ulp(reference_norms.silu_mul(gate, up), out)
 
 
+def _attention_output(rows: int, layout: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """[rows, 8, 256] as SDPA may return it: compact, or head-major memory seen through a transpose."""
+    if layout == "compact":
+        return _randn(rows, 8, 256, dtype=dtype, seed=seed)
+    return _randn(8, rows, 256, dtype=dtype, seed=seed).transpose(0, 1)
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["compact", "head_major"])
+def test_sigmoid_gate_mul_matches_reference(rows: int, dtype: torch.dtype, layout: str) -> None:
+    """The gated attention output of the 0.8B model: x [T, 8, 256] in either layout, times sigmoid of the
+    gate columns of the [T, 8 * 2 * 256] q projection (per head [query | gate]), both read in place."""
+    from qla_agent.kernels.tilelang.norms import sigmoid_gate_mul
+
+    x = _attention_output(rows, layout, dtype, seed=rows)
+    gate = _randn(rows, 8, 512, dtype=dtype, seed=rows + 1, scale=4.0)[..., 256:]
+    _poison_allocator()
+    out = sigmoid_gate_mul(x, gate)
+    assert out.is_contiguous()
+    assert_within_one_ulp(reference_norms.sigmoid_gate_mul(x, gate), out)
+    assert rel_err(reference_norms.sigmoid_gate_mul(x.double(), gate.double()), out) < FP64_BOUND
+
+
+def test_sigmoid_gate_mul_reads_the_sdpa_output_in_place() -> None:
+    """The runtime's prefill attention (causal, 8 q / 2 kv heads of 256, q passed as q.transpose(0, 1)[None]):
+    the layout SDPA returns is read without a copy."""
+    from qla_agent.kernels.tilelang import norms
+
+    q, keys, values = _randn(1000, 8, 256, seed=20), _randn(2, 1000, 256, seed=21), _randn(2, 1000, 256, seed=22)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], keys[None], values[None], is_causal=True, scale=256**-0.5, enable_gqa=True
+    )[0].transpose(0, 1)
+    gate = _randn(1000, 8, 512, seed=23)[..., 256:]
+    rows, *_ = norms._as_rows(out, norms.heads_of(out, gate))
+    assert rows.data_ptr() == out.data_ptr(), f"SDPA output strides {out.stride()} are copied"
+    assert_within_one_ulp(reference_norms.sigmoid_gate_mul(out, gate), norms.sigmoid_gate_mul(out, gate))
+
+
 def test_public_entry_points_take_the_kernels() -> None:
     """impl="tilelang" runs every op."""
     x, z, w = _randn(5, 1024, seed=7), _randn(5, 1024, seed=8), _randn(1024, seed=9)
@@ -151,25 +191,32 @@ def test_public_entry_points_take_the_kernels() -> None:
         kernels.gated_rms_norm(heads_x, heads_z, head_w, eps=EPS, impl="tilelang"),
     )
     assert_within_one_ulp(reference_norms.silu_mul(x, z), kernels.silu_and_mul(torch.cat([x, z], -1), impl="tilelang"))
+    assert_within_one_ulp(
+        reference_norms.sigmoid_gate_mul(heads_x, heads_z),
+        kernels.sigmoid_gate_mul(heads_x, heads_z, impl="tilelang"),
+    )
 
 
 def test_kernels_replay_in_a_cuda_graph() -> None:
-    """No host syncs: a captured add_rms_norm + gated norm + silu_mul replays on new input values."""
+    """No host syncs: a captured add_rms_norm + gated norm + silu_mul + sigmoid-gate-mul (strided inputs)
+    replays on new input values."""
     from qla_agent.kernels.tilelang import norms
 
     x, residual, w = _randn(300, 1024, seed=10), _randn(300, 1024, seed=11), _randn(1024, seed=12)
     core, z, head_w = _randn(300, 16, 128, seed=13), _randn(300, 16, 128, seed=14), _randn(128, seed=15)
+    attended, projection = _attention_output(300, "head_major", torch.bfloat16, seed=20), _randn(300, 8, 512, seed=21)
 
     def step() -> tuple[torch.Tensor, ...]:
         y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
-        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s)
+        gated = norms.sigmoid_gate_mul(attended, projection[..., 256:])
+        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s), gated
 
     step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = step()
-    for tensor, seed in ((x, 16), (residual, 17), (core, 18), (z, 19)):
+    for tensor, seed in ((x, 16), (residual, 17), (core, 18), (z, 19), (attended, 22), (projection, 23)):
         tensor.copy_(_randn(*tensor.shape, seed=seed))
     graph.replay()
     torch.cuda.synchronize()

@@ -1,17 +1,20 @@
-"""CPU checks of the TileLang norm and SiLU-mul launchers.
+"""CPU checks of the TileLang norm, SiLU-mul and sigmoid-gate-mul launchers.
 
-SiLU-mul has no reduction, so its real prim_func runs on TileLang's C backend (fp32, vectorisation
-off: the C backend has no vector exp). The norms reduce over fragments, which the C backend cannot
+SiLU-mul and sigmoid-gate-mul have no reduction, so their real prim_funcs run on TileLang's C backend
+(fp32, vectorisation off: the C backend has no vector exp). The norms reduce over fragments, which the C backend cannot
 lower, so their launchers are checked against the real prim_funcs' signatures instead: every tensor's
 dtype, shape and strides (the row strides the kernel is told must be the tensor's), with numerics
 left to the GPU tests. The layout helpers decide when a strided input is read in place.
 """
+
+import shutil
 
 import pytest
 import torch
 
 from qla_agent.kernels import reference_norms
 from tests.kernels.gdn_inputs import rel_err
+from tests.kernels.test_tilelang_compile import ARCHS
 from tests.kernels.tilelang_fakes import TL_DTYPE, SignatureCheck
 
 tilelang = pytest.importorskip("tilelang")
@@ -30,6 +33,29 @@ def test_silu_mul_program_matches_reference(c_kernels_scalar, rows: int, fused: 
     gate, up = (gate_up[:, :96], gate_up[:, 96:]) if fused else (gate_up[:, :96].clone(), gate_up[:, 96:].clone())
     out = silu_mul(gate, up)
     assert rel_err(reference_norms.silu_mul(gate.double(), up.double()), out) < 1e-6
+
+
+def _attention_output(rows: int, heads: int, dim: int, layout: str, gen: torch.Generator) -> torch.Tensor:
+    """[rows, heads, dim] as SDPA may return it for q.transpose(0, 1)[None]: compact (q's layout kept) or
+    head-major ([heads, rows, dim] memory seen through the transpose)."""
+    if layout == "compact":
+        return torch.randn(rows, heads, dim, generator=gen)
+    return torch.randn(heads, rows, dim, generator=gen).transpose(0, 1)
+
+
+@pytest.mark.parametrize("rows", [1, 13, 257], ids=lambda r: f"T{r}")
+@pytest.mark.parametrize("layout", ["compact", "head_major"])
+def test_sigmoid_gate_mul_program_matches_reference(c_kernels_scalar, rows: int, layout: str) -> None:
+    """The attention output [T, 8, 32] in either SDPA layout times sigmoid of the gate columns of a
+    [T, 8, 2 * 32] q projection, both read in place; y compact."""
+    from qla_agent.kernels.tilelang.norms import sigmoid_gate_mul
+
+    gen = torch.Generator().manual_seed(rows)
+    x = _attention_output(rows, 8, 32, layout, gen)
+    gate = (torch.randn(rows, 8, 64, generator=gen) * 4)[..., 32:]
+    out = sigmoid_gate_mul(x, gate)
+    assert out.is_contiguous() and out.shape == x.shape
+    assert rel_err(reference_norms.sigmoid_gate_mul(x.double(), gate.double()), out) < 1e-6
 
 
 def _wide(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -70,11 +96,55 @@ def test_silu_mul_launcher_reads_gate_up_halves_in_place(fake_kernels: dict[str,
     assert call["up"].data_ptr() == gate_up[..., 3584:].data_ptr() and out.shape == (3, 11, 3584)
 
 
+@pytest.mark.parametrize("layout", ["compact", "head_major"])
+def test_sigmoid_gate_mul_launcher_reads_attention_and_gate_in_place(
+    fake_kernels: dict[str, SignatureCheck], layout: str
+) -> None:
+    """The 0.8B attention layer (8 heads of 256): the SDPA output and the gate columns of q_proj
+    ([T, 8 * 2 * 256], per head [query | gate]) go to the kernel without a copy, strides passed through.
+    Gate rows are evenly spaced (512 apart), so with a compact x all rows are one stride apart (heads = 1)."""
+    from qla_agent.kernels.tilelang import norms
+
+    x = _attention_output(5, 8, 256, layout, torch.Generator().manual_seed(1)).bfloat16()
+    gate = _wide(5, 8 * 2 * 256).view(5, 8, 512)[..., 256:]
+    out = norms.sigmoid_gate_mul(x, gate)
+    call = fake_kernels["norms"].calls[-1]
+    assert call["x"].data_ptr() == x.data_ptr() and call["gate"].data_ptr() == gate.data_ptr()
+    strides = [call[f"{name}_{axis}_stride8"] * 8 for name in ("x", "gate") for axis in ("token", "head")]
+    assert strides == ([256, 0, 512, 0] if layout == "compact" else [256, 5 * 256, 4096, 512])
+    assert call["y"].data_ptr() == out.data_ptr() and out.is_contiguous() and out.shape == x.shape
+
+
+def test_sigmoid_gate_mul_launcher_reads_one_decode_token_as_rows(fake_kernels: dict[str, SignatureCheck]) -> None:
+    """One session's decode token: x [1, 8, 256] and its gate collapse to 8 rows one head stride apart."""
+    from qla_agent.kernels.tilelang import norms
+
+    x, gate = _wide(1, 8, 256), _wide(1, 8, 512)[..., 256:]
+    norms.sigmoid_gate_mul(x, gate)
+    call = fake_kernels["norms"].calls[-1]
+    assert call["x"].shape == call["gate"].shape == (8, 1, 256) and call["gate"].data_ptr() == gate.data_ptr()
+    assert (call["x_token_stride8"], call["gate_token_stride8"]) == (256 // 8, 512 // 8)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sigmoid_gate_mul_compiles(arch: str) -> None:
+    """The 0.8B attention shape (8 heads of 256, bf16) builds for `arch`; x, gate and y move in 16-byte vectors."""
+    from qla_agent.kernels.tilelang import build, norms
+
+    config = norms.sigmoid_gate_mul_config(256, 8, torch.bfloat16)
+    source = build.compiled(norms.sigmoid_gate_mul_program, config, arch).get_kernel_source()
+    assert f"__launch_bounds__({config.block.threads}" in source
+    for operand in ("x", "gate", "y"):
+        assert f"*(uint4*)({operand} + " in source, f"sigmoid_gate_mul moves {operand} without 16-byte vectors"
+
+
 def test_empty_inputs_launch_nothing(fake_kernels: dict[str, SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     assert norms.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
     assert norms.silu_mul(_wide(0, 64), _wide(0, 64)).shape == (0, 64)
+    assert norms.sigmoid_gate_mul(_wide(0, 8, 256), _wide(0, 8, 256)).shape == (0, 8, 256)
     assert all(not check.calls for check in fake_kernels.values())
 
 

@@ -1,5 +1,6 @@
 """TileLang row kernels: RMSNorm (zero-centred or plain, optionally fused with the residual add), the
-GDN output's gated RMSNorm, and SiLU(gate) * up. Math and rounding as `reference_norms`.
+GDN output's gated RMSNorm, SiLU(gate) * up, and the gated attention output x * sigmoid(gate). Math and
+rounding as `reference_norms`.
 
 Bandwidth-bound design, one launch per call: a CTA holds a block of whole rows in registers (fp32)
 and touches global memory only in 16-byte vectors; a row's sum of squares is an all-reduce over the
@@ -7,7 +8,8 @@ threads that share the row (warp shuffles, plus shared memory when a row spans s
 Norm inputs are read as [tokens, heads, D] (heads = 1 when all rows are one stride apart) with token
 and head strides that are multiples of ROW_ALIGN elements, passed as stride // ROW_ALIGN so the
 compiler can prove every row start 16-byte aligned: q/k slices of a fused projection and the z
-columns of the GDN projection are read without a copy. Token and head counts are runtime values
+columns of the GDN projection are read without a copy, as are the attention output in the layout SDPA
+returns and the gate columns of q_proj that gate it. Token and head counts are runtime values
 (T.dynamic), so a new prompt length never recompiles, and nothing reads a device value on the host.
 """
 
@@ -109,6 +111,15 @@ class SiluMulConfig:
     threads: int = SILU_MUL_THREADS
 
 
+@dataclass(frozen=True, slots=True)
+class SigmoidGateMulConfig:
+    """One x * sigmoid(gate) specialisation (token and head counts and row strides are runtime values)."""
+
+    dim: int
+    dtype: str  # x, gate and y
+    block: RowBlock
+
+
 def rms_norm_config(
     dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype, residual_dtype: torch.dtype | None, *,
     zero_centered: bool,
@@ -136,6 +147,11 @@ def gated_rms_norm_config(
 def silu_mul_config(dim: int, dtype: torch.dtype) -> SiluMulConfig:
     block_tokens, block_cols = silu_mul_tile(dim, dtype.itemsize)
     return SiluMulConfig(dim=dim, dtype=build.TORCH_TO_TL[dtype], block_tokens=block_tokens, block_cols=block_cols)
+
+
+def sigmoid_gate_mul_config(dim: int, heads: int, dtype: torch.dtype) -> SigmoidGateMulConfig:
+    """The specialisation for [tokens, heads, dim] rows of x and gate (one dtype)."""
+    return SigmoidGateMulConfig(dim=dim, dtype=build.TORCH_TO_TL[dtype], block=row_block(dim, dtype.itemsize, heads))
 
 
 def _rows_of(dtype: str, dim: int, tokens, heads, token_stride8, head_stride8):
@@ -300,6 +316,35 @@ def silu_mul_program(cfg: SiluMulConfig):
     return silu_mul
 
 
+def sigmoid_gate_mul_program(cfg: SigmoidGateMulConfig):
+    """The prim_func: grid and rows as `rms_norm_program` (no reduction: each thread's whole vectors of
+    x and gate in, y out); y contiguous [nt, nh, D]."""
+    f32, D, BT, BH = "float32", cfg.dim, cfg.block.block_tokens, cfg.block.block_heads
+    nt, nh = T.dynamic("nt"), T.dynamic("nh")
+    sxt, sxh, sgt, sgh = (T.dynamic(name, "int32") for name in ("sxt8", "sxh8", "sgt8", "sgh8"))
+
+    @T.prim_func
+    def sigmoid_gate_mul(
+        x: _rows_of(cfg.dtype, D, nt, nh, sxt, sxh),
+        gate: _rows_of(cfg.dtype, D, nt, nh, sgt, sgh),
+        y: T.Tensor((nt, nh, D), cfg.dtype),
+        x_token_stride8: sxt,
+        x_head_stride8: sxh,
+        gate_token_stride8: sgt,
+        gate_head_stride8: sgh,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), T.ceildiv(nh, BH), threads=cfg.block.threads) as (bt, bh):
+            for t, h, j in T.Parallel(BT, BH, D):
+                tok, head = bt * BT + t, bh * BH + h
+                if tok < nt and head < nh:
+                    g = T.cast(gate[tok, head, j], f32)
+                    # torch: sigmoid in fp32 rounded to the dtype, then the product in fp32 rounded again.
+                    activated = T.cast(T.cast(1.0 / (1.0 + T.exp(-g)), cfg.dtype), f32)
+                    y[tok, head, j] = T.cast(T.cast(x[tok, head, j], f32) * activated, cfg.dtype)
+
+    return sigmoid_gate_mul
+
+
 def _collapsed_stride(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
     """The one stride between consecutive elements of dims `shape` read as one flat dim (0 when they
     hold at most one element), or None when they do not collapse."""
@@ -423,3 +468,18 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     (gates, gate_stride8, _), (ups, up_stride8, _) = _as_rows(gate, 1), _as_rows(up, 1)
     kernel(gates[:, 0], ups[:, 0], out.view(-1, dim), gate_stride8, up_stride8)
     return out
+
+
+def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(gate) on CUDA: x, gate [..., D] (rows may be strided: the attention output in SDPA's
+    layout, the gate columns of q_proj) -> y [..., D] contiguous in x.dtype."""
+    heads = heads_of(x, gate)
+    cfg = sigmoid_gate_mul_config(x.shape[-1], heads, x.dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    arch, _ = build.device_facts(x.device)
+    kernel = build.compiled(sigmoid_gate_mul_program, cfg, arch)
+    (rows, *x_strides), (gates, *gate_strides) = _as_rows(x, heads), _as_rows(gate, heads)
+    kernel(rows, gates, y.view(rows.shape), *x_strides, *gate_strides)
+    return y

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qla_agent import kernels
 from qla_agent.runtime.config import ModelConfig
 from qla_agent.runtime.layers.norms import ZeroCenteredRMSNorm
 from qla_agent.runtime.state import KVCache
@@ -62,22 +63,24 @@ class GatedAttention(nn.Module):
 
     def _project(self, x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x [T, H], cos_sin of the T positions (`PartialRope.cos_sin`, computed once per forward for
-        all layers) -> q [T, nh, d], gate [T, nh*d], k, v [T, nkv, d] (normed, rotated)."""
+        all layers) -> q [T, nh, d], gate [T, nh, d] (a strided view of the projection), k, v [T, nkv, d]
+        (normed, rotated)."""
         query, gate = self.q_proj(x).unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
         k = self.k_norm(self.k_proj(x).unflatten(-1, (self.nkv, self.d)))
         v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
         q = self.q_norm(query)
         cos, sin = cos_sin
-        return rotate_(q, cos, sin), gate.flatten(-2), rotate_(k, cos, sin), v
+        return rotate_(q, cos, sin), gate, rotate_(k, cos, sin), v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh*d]."""
+        """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh, d]
+        (a view of SDPA's output in the layout it returns)."""
         n_new, n_ctx = q.shape[0], keys.shape[1]
         group = self.nh // self.nkv
         if n_new == 1:
             # One query per head: each kv head's query group becomes rows of one attention, no key is copied.
             out = F.scaled_dot_product_attention(q[0].view(self.nkv, group, self.d), keys, values, scale=self.scale)
-            return out.reshape(1, self.nh * self.d)
+            return out.reshape(1, self.nh, self.d)
         mask = None
         # A fresh context is plainly causal: no mask tensor, so SDPA can pick its flash kernel.
         causal = n_ctx == n_new
@@ -94,13 +97,13 @@ class GatedAttention(nn.Module):
             q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, is_causal=causal, scale=self.scale,
             enable_gqa=causal and group > 1,
         )
-        return out[0].transpose(0, 1).flatten(-2)
+        return out[0].transpose(0, 1)
 
     def prefill(self, x: Tensor, cache: KVCache, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """x [T, H] with the cos_sin of its positions -> [T, H]; the new keys/values are appended to `cache`."""
         q, gate, k, v = self._project(x, cos_sin)
         keys, values = cache.append(k.transpose(0, 1), v.transpose(0, 1))
-        return self.o_proj(self._attend(q, keys, values) * torch.sigmoid(gate))
+        return self._gated_output(self._attend(q, keys, values), gate)
 
     def decode(self, x: Tensor, caches: Sequence[KVCache], cos_sin: tuple[Tensor, Tensor]) -> Tensor:
         """One token for each of N sessions: x [N, H] with the cos_sin of their positions -> [N, H];
@@ -110,4 +113,9 @@ class GatedAttention(nn.Module):
         for i, cache in enumerate(caches):
             keys, values = cache.append(k[i : i + 1].transpose(0, 1), v[i : i + 1].transpose(0, 1))
             outs.append(self._attend(q[i : i + 1], keys, values))
-        return self.o_proj(torch.cat(outs) * torch.sigmoid(gate))
+        return self._gated_output(torch.cat(outs), gate)
+
+    def _gated_output(self, attended: Tensor, gate: Tensor) -> Tensor:
+        """o_proj(attended * sigmoid(gate)): attended, gate [T, nh, d] read in place by one fused kernel on
+        CUDA, which writes the compact [T, nh, d] that o_proj reads as [T, nh*d] -> [T, H]."""
+        return self.o_proj(kernels.sigmoid_gate_mul(attended, gate).flatten(-2))
