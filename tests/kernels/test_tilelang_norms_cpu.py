@@ -194,7 +194,9 @@ def _meta(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
 
 
 def test_model_shapes_are_supported() -> None:
-    from qla_agent.kernels.tilelang import _gated_rms_norm_reason, _rms_norm_reason, _silu_mul_reason
+    from qla_agent.kernels.tilelang import (
+        _gated_rms_norm_reason, _rms_norm_reason, _sigmoid_gate_mul_reason, _silu_mul_reason,
+    )
 
     for dim in (1024, 2048, 2560, 4096, 5120, 8192):
         assert _rms_norm_reason(_meta(3, dim), _meta(dim), residual=_meta(3, dim)) is None, dim
@@ -202,6 +204,8 @@ def test_model_shapes_are_supported() -> None:
     assert _gated_rms_norm_reason(_meta(3, 16, 128), _meta(3, 16, 128), _meta(128, dtype=torch.float32)) is None
     for dim in (3584, 6144, 9216, 12288, 17408):
         assert _silu_mul_reason(_meta(3, dim), _meta(3, dim)) is None, dim
+    for heads in (8, 16):
+        assert _sigmoid_gate_mul_reason(_meta(3, heads, 256), _meta(3, heads, 512)[..., 256:]) is None, heads
 
 
 REFUSALS = [
@@ -213,6 +217,9 @@ REFUSALS = [
     pytest.param(lambda r: r._silu_mul_reason(_meta(3, 64), _meta(3, 64, dtype=torch.float16)), "gate/up dtypes",
                  id="silu_mixed"),
     pytest.param(lambda r: r._silu_mul_reason(_meta(3, 60), _meta(3, 60)), "I=60", id="silu_width"),
+    pytest.param(lambda r: r._sigmoid_gate_mul_reason(_meta(3, 256), _meta(3, 256, dtype=torch.float16)),
+                 "x/gate dtypes", id="sigmoid_gate_mixed"),
+    pytest.param(lambda r: r._sigmoid_gate_mul_reason(_meta(3, 100), _meta(3, 100)), "D=100", id="sigmoid_gate_width"),
 ]
 
 

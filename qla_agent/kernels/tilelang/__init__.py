@@ -12,7 +12,8 @@ from qla_agent.kernels.tilelang.build import HEAD_DIM, ROW_ALIGN, VECTOR_BYTES, 
 from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
 from qla_agent.kernels.tilelang.norms import (
-    MAX_GRID_Y, MAX_VECTORS, add_rms_norm, gated_rms_norm, heads_of, rms_norm, row_block, silu_mul, silu_mul_tile,
+    MAX_GRID_Y, MAX_VECTORS, add_rms_norm, gated_rms_norm, heads_of, rms_norm, row_block, sigmoid_gate_mul, silu_mul,
+    silu_mul_tile,
 )
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_prefill",
-    "rms_norm", "silu_mul", "supports",
+    "rms_norm", "sigmoid_gate_mul", "silu_mul", "supports",
 ]
 
 IO_DTYPES = (torch.bfloat16, torch.float16)
@@ -143,6 +144,12 @@ def _silu_mul_reason(gate: torch.Tensor, up: torch.Tensor, **_: object) -> str |
     return reason
 
 
+def _sigmoid_gate_mul_reason(x: torch.Tensor, gate: torch.Tensor, **_: object) -> str | None:
+    if x.dtype != gate.dtype:
+        return f"x/gate dtypes {x.dtype}/{gate.dtype}: the kernel takes one dtype for both"
+    return _row_dtypes_reason(x=x) or _row_width_reason(x, gate)
+
+
 _REASONS = {
     "gdn_prefill": _prefill_reason,
     "gdn_decode": _decode_reason,
@@ -152,6 +159,7 @@ _REASONS = {
     "add_rms_norm": _rms_norm_reason,
     "gated_rms_norm": _gated_rms_norm_reason,
     "silu_mul": _silu_mul_reason,
+    "sigmoid_gate_mul": _sigmoid_gate_mul_reason,
 }
 
 
