@@ -169,6 +169,7 @@ def gdn_prefill(
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
     scan_overrides: dict | None = None, prep_only: bool = False, context_parallel: bool = True,
+    parts: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
@@ -184,19 +185,24 @@ def gdn_prefill(
     partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
     states (`chunk_scan`: exact for heads that do not decay below e^-10 before a partition, else within
     e^-10 of the older state). Only with use_qk_l2norm, as its error bound needs unit-norm keys (and
-    0 <= beta <= 2, g <= 0, which the model's gates satisfy).
+    0 <= beta <= 2, g <= 0, which the model's gates satisfy). `parts` overrides the partition count
+    (benchmarks).
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
     device = q.device
     ntok = batch * seqlen
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    chunks = -(-seqlen // CHUNK)
     if cu_seqlens is not None:
         parts, part_chunks = 1, 0  # varlen sequences are scanned whole
-    elif context_parallel and use_qk_l2norm and not prep_only:
+    elif not (context_parallel and use_qk_l2norm) or prep_only:
+        parts, part_chunks = 1, chunks
+    elif parts is None:
         parts, part_chunks = context_parts(batch, seqlen, hv, build.device_facts(device)[1])
     else:
-        parts, part_chunks = 1, -(-seqlen // CHUNK)
+        part_chunks = -(-chunks // parts)
+        parts = -(-chunks // part_chunks)
     key = (
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
@@ -212,7 +218,7 @@ def gdn_prefill(
     if cu_seqlens is None:
         cu = plan.no_offsets
         # Each sequence is cut into its own chunks.
-        num_chunks = batch * -(-seqlen // CHUNK)
+        num_chunks = batch * chunks
     else:
         cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
         # Upper bound on the chunk count that needs no look at the lengths: each sequence adds < 1 chunk.
