@@ -21,6 +21,17 @@ conv output and gate projection need no copies.
 One CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so the loads,
 norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
 (I + M)^-1 = (I - M)(I + M^2), so D (I + M)^-1 = Y + Y M^2 with Y = D - D M (M^2 and D M in one phase).
+
+Two designs of the per-value-head work (`PrepConfig.design`):
+
+    "chain"   (default) P and L of a value head from one decay exp per element, in the Q K^T / K K^T
+              fragments, scaled once by the norms and the causal masks; then N = D L_off (shared memory
+              operands), and with N in registers (I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D by
+              three GEMMs whose left operand never leaves the registers (all warps own whole rows): one
+              shared write (N) between the four GEMMs. Five barriers per value head.
+    "phased"  the kernel measured in benchmarks/NOTES.md runs 6-7: L rebuilt from K K^T in shared
+              memory, D (I + M)^-1 = Y + Y M^2 through four GEMM phases in shared memory, P in a separate
+              pass. Seven barriers per value head.
 """
 
 from dataclasses import dataclass
@@ -33,6 +44,16 @@ CHUNK = 64
 LOG2E = 1.4426950408889634
 # CTAs per SM the kernel asks registers for (ptxas caps them at 65536 / (128 x this)).
 MIN_BLOCKS = 4
+DESIGNS = ("chain", "phased")
+# blocks_s row length: a diagonal 16x16 block of L is 256 floats; 4 more put the next block 4 banks on,
+# so the two blocks a warp reads in the forward substitution use different banks.
+BLOCK_STRIDE = 16 * 16 + 4
+# 2^x with subnormals flushed to zero, one MUFU.EX2 (exp2f without fast math adds a range test and two
+# scalings per call for subnormal results; a decay below 2^-126 is 0 here). "chain" only.
+EX2_PRELUDE = (
+    '__device__ __forceinline__ float qla_ex2(float x) '
+    '{ float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }\n'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +69,7 @@ class PrepConfig:
     l2norm: bool
     varlen: bool
     scale: float
+    design: str = "chain"  # one of DESIGNS
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):
@@ -82,9 +104,10 @@ def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
         span[1] = (bc // per_seq) * seq_len + seq_len
 
 
-def _kernel(cfg: PrepConfig, body):
+def _kernel(cfg: PrepConfig, body, prelude: str | None = None):
     """The prim_func: grid (chunk slots, key heads), 128 threads; finds the chunk's token range, then runs
-    `body` on it. A slot past the last chunk of a varlen batch exits."""
+    `body` on it. A slot past the last chunk of a varlen batch exits. `prelude`: CUDA source put before
+    the kernel."""
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
     ntok = T.dynamic("ntok")
@@ -110,7 +133,7 @@ def _kernel(cfg: PrepConfig, body):
         g_stride: sg,
         beta_stride: sb,
     ):
-        with T.Kernel(nchunk, Hk, threads=128) as (bc, bh):
+        with T.Kernel(nchunk, Hk, threads=128, prelude=prelude) as (bc, bh):
             T.annotate_min_blocks_per_sm(MIN_BLOCKS)
             tx = T.get_thread_binding()
             span = T.alloc_local((3,), "int32")
@@ -121,19 +144,25 @@ def _kernel(cfg: PrepConfig, body):
     return chunk_prep
 
 
-def program(cfg: PrepConfig):
-    """The prim_func for `cfg`: one CTA per (chunk, key head) computes every value head of its group."""
-    dt, f32, f16 = cfg.dtype, "float32", "float16"
-    Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
-    G = Hv // Hk
-    scale = float(cfg.scale)
+def _staged_inputs(cfg: PrepConfig):
+    """The macro that stages a chunk's inputs in shared memory: every global load first (q, k, gates and
+    their parameters), then gates and L2 norms from registers, then the gates' in-chunk cumsum.
+    Returns (k_s, q_s [64, 128] in the input dtype; gam_s, b_s [G, 64], rk_s, rq_s [64] fp32)."""
+    dt, f32 = cfg.dtype, "float32"
+    G, C = cfg.value_heads // cfg.key_heads, CHUNK
     # Gate rows per thread (G x 64 gates over 128 threads) and q/k rows per thread (16 lanes a row).
     gate_steps = -(-G * C // 128)
     row_steps = C // 8
 
     @T.macro
-    def load_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx, k_s, q_s, g_s, b_s, rk_s, rq_s):
-        """Every global load first (q, k, gates and their parameters), then gates and L2 norms from registers."""
+    def staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx):
+        k_s = T.alloc_shared((C, HEAD_DIM), dt)
+        q_s = T.alloc_shared((C, HEAD_DIM), dt)
+        g_s = T.alloc_shared((G, C), f32)
+        b_s = T.alloc_shared((G, C), f32)
+        gam_s = T.alloc_shared((G, C), f32)
+        rk_s = T.alloc_shared((C,), f32)
+        rq_s = T.alloc_shared((C,), f32)
         xk = T.alloc_local((row_steps, 8), dt)
         xq = T.alloc_local((row_steps, 8), dt)
         xg = T.alloc_local((gate_steps,), f32)
@@ -191,6 +220,33 @@ def program(cfg: PrepConfig):
             elif tx % 16 == 0:
                 rk_s[i * 8 + tx // 16] = 1.0
                 rq_s[i * 8 + tx // 16] = 1.0
+        T.cumsum(src=g_s, dst=gam_s, dim=1)
+        return k_s, q_s, gam_s, b_s, rk_s, rq_s
+
+    return staged_inputs
+
+
+@T.macro
+def _store_vectors(cfg: PrepConfig, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos):
+    """vecs[bc, h] of the key head's value heads h: a, o, d and lambda (module docstring)."""
+    G, C, scale = cfg.value_heads // cfg.key_heads, CHUNK, float(cfg.scale)
+    for v, r in T.Parallel(G, C):
+        valid = bos + r < eos
+        e = T.exp2(gam_s[v, r] * LOG2E)
+        vecs[bc, hk * G + v, 0, r] = T.if_then_else(valid, e * rk_s[r], 0.0)
+        vecs[bc, hk * G + v, 1, r] = T.if_then_else(valid, scale * e * rq_s[r], 0.0)
+        d_decay = T.exp2((gam_s[v, C - 1] - gam_s[v, r]) * LOG2E)
+        vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
+        vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
+
+
+def _phased_body(cfg: PrepConfig):
+    """The "phased" design's per-CTA body (module docstring)."""
+    dt, f32, f16 = cfg.dtype, "float32", "float16"
+    C = CHUNK
+    G = cfg.value_heads // cfg.key_heads
+    scale = float(cfg.scale)
+    staged_inputs = _staged_inputs(cfg)
 
     @T.macro
     def scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk):
@@ -243,13 +299,7 @@ def program(cfg: PrepConfig):
 
     @T.macro
     def grouped_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
-        k_s = T.alloc_shared((C, D), dt)
-        q_s = T.alloc_shared((C, D), dt)
-        g_s = T.alloc_shared((G, C), f32)
-        b_s = T.alloc_shared((G, C), f32)
-        gam_s = T.alloc_shared((G, C), f32)
-        rk_s = T.alloc_shared((C,), f32)
-        rq_s = T.alloc_shared((C,), f32)
+        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx)
         # Diagonal 16x16 blocks of L, rows padded to 17 so the two blocks a warp reads use different banks.
         blocks_s = T.alloc_shared((4, 16, 17), f32)
         lo_s = T.alloc_shared((C, C), f16)
@@ -262,8 +312,6 @@ def program(cfg: PrepConfig):
         acc2 = T.alloc_fragment((C, C), f32)
         xs = T.alloc_local((16,), f32)
 
-        load_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx, k_s, q_s, g_s, b_s, rk_s, rq_s)
-        T.cumsum(src=g_s, dst=gam_s, dim=1)
         T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
         scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk)
         T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
@@ -276,13 +324,138 @@ def program(cfg: PrepConfig):
             T.copy(kk, kk_s)
             for v in T.serial(G):
                 value_head(kk_s, v, hk * G + v, gam_s, b_s, rk_s, tx, inner, tmat, bc)
-        for v, r in T.Parallel(G, C):
-            valid = bos + r < eos
-            e = T.exp2(gam_s[v, r] * LOG2E)
-            vecs[bc, hk * G + v, 0, r] = T.if_then_else(valid, e * rk_s[r], 0.0)
-            vecs[bc, hk * G + v, 1, r] = T.if_then_else(valid, scale * e * rq_s[r], 0.0)
-            d_decay = T.exp2((gam_s[v, C - 1] - gam_s[v, r]) * LOG2E)
-            vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
-            vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
+        _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
 
-    return _kernel(cfg, grouped_body)
+    return grouped_body
+
+
+def _chain_body(cfg: PrepConfig):
+    """The "chain" design's per-CTA body (module docstring)."""
+    dt, f32, f16 = cfg.dtype, "float32", "float16"
+    C = CHUNK
+    G = cfg.value_heads // cfg.key_heads
+    scale = float(cfg.scale)
+    staged_inputs = _staged_inputs(cfg)
+    full_row = T.GemmWarpPolicy.FullRow
+
+    @T.macro
+    def normed_scores(qk, kk, rk_s, rq_s):
+        """qk = scale qn kn^T (c <= r) and kk = kn kn^T (c < r) in place, zero elsewhere: the factors
+        every value head shares."""
+        rq_row = T.alloc_fragment((C,), f32)
+        rk_row = T.alloc_fragment((C,), f32)
+        rk_col = T.alloc_fragment((C,), f32)
+        for r in T.Parallel(C):
+            rq_row[r] = scale * rq_s[r]
+            rk_row[r] = rk_s[r]
+        for c in T.Parallel(C):
+            rk_col[c] = rk_s[c]
+        for r, c in T.Parallel(C, C):
+            qk[r, c] = T.if_then_else(c <= r, qk[r, c] * rq_row[r] * rk_col[c], 0.0)
+            kk[r, c] = T.if_then_else(c < r, kk[r, c] * rk_row[r] * rk_col[c], 0.0)
+
+    @T.macro
+    def decayed(qk, kk, gam_s, b_s, v, pf, lo_s, blocks_s):
+        """Value head v: pf = P; lo_s = L's blocks below the 16x16 diagonal (fp16), blocks_s = its diagonal
+        blocks (fp32). One exp per element serves P and L; the shared-memory reads come first, into
+        registers, so the loop that writes shared memory reads none (no barrier inside it)."""
+        g_row = T.alloc_fragment((C,), f32)
+        b_row = T.alloc_fragment((C,), f32)
+        g_col = T.alloc_fragment((C,), f32)
+        for r in T.Parallel(C):
+            g_row[r] = gam_s[v, r] * LOG2E
+            b_row[r] = b_s[v, r]
+        for c in T.Parallel(C):
+            g_col[c] = gam_s[v, c] * LOG2E
+        for r, c in T.Parallel(C, C):
+            decay = T.call_extern(f32, "qla_ex2", T.min(g_row[r] - g_col[c], 0.0))
+            pf[r, c] = T.cast(qk[r, c] * decay, dt)
+            lval = kk[r, c] * b_row[r] * decay
+            lo_s[r, c] = T.cast(T.if_then_else(r // 16 > c // 16, lval, 0.0), f16)
+            if r // 16 == c // 16:
+                blocks_s[r // 16, (r % 16) * 16 + c % 16] = lval
+
+    @T.macro
+    def diagonal_inverse(blocks_s, d_s, tx, xs):
+        """d_s's diagonal blocks = the four 16x16 unit-lower blocks of I + L inverted, one column per thread
+        (d_s's other blocks stay zero)."""
+        if tx < C:
+            for i in T.unroll(16):
+                xs[i] = T.if_then_else(i == tx % 16, 1.0, 0.0)
+                for j in T.unroll(16):
+                    if j < i:
+                        xs[i] = xs[i] - blocks_s[tx // 16, i * 16 + j] * xs[j]
+            for i in T.unroll(16):
+                d_s[tx // 16 * 16 + i, tx // 16 * 16 + tx % 16] = T.cast(xs[i], f16)
+
+    @T.macro
+    def inverse(lo_s, d_s, acc, acc2, af):
+        """acc2 = X = (I + L)^-1 = (I - N + N^2 - N^3) D, N = D L_off. Every warp owns 16 whole rows, so
+        N, N^2 and R = I - N + N^2 - N^3 stay in registers as left operands; only N goes to shared memory
+        (over L_off, which it no longer needs: the right operand of N^2 and N^3)."""
+        T.gemm(d_s, lo_s, acc, clear_accum=True, policy=full_row)
+        for r, c in T.Parallel(C, C):
+            lo_s[r, c] = T.cast(acc[r, c], f16)
+            af[r, c] = T.cast(acc[r, c], f16)
+        T.gemm(af, lo_s, acc2, clear_accum=True, policy=full_row)
+        for r, c in T.Parallel(C, C):
+            acc[r, c] = T.if_then_else(r == c, 1.0, 0.0) - acc[r, c] + acc2[r, c]
+            af[r, c] = T.cast(-acc2[r, c], f16)
+        T.gemm(af, lo_s, acc, policy=full_row)
+        T.copy(acc, af)
+        T.gemm(af, d_s, acc2, clear_accum=True, policy=full_row)
+
+    @T.macro
+    def chain_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
+        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx)
+        blocks_s = T.alloc_shared((4, BLOCK_STRIDE), f32)
+        lo_s = T.alloc_shared((C, C), f16)
+        d_s = T.alloc_shared((C, C), f16)
+        qk = T.alloc_fragment((C, C), f32)
+        kk = T.alloc_fragment((C, C), f32)
+        pf = T.alloc_fragment((C, C), dt)
+        acc = T.alloc_fragment((C, C), f32)
+        acc2 = T.alloc_fragment((C, C), f32)
+        af = T.alloc_fragment((C, C), f16)
+        tf = T.alloc_fragment((C, C), dt)
+        b_col = T.alloc_fragment((C,), f32)
+        xs = T.alloc_local((16,), f32)
+
+        T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
+        T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
+        normed_scores(qk, kk, rk_s, rq_s)
+        if G > 1:
+            # The value heads take turns with the registers; the scores wait in shared memory, the
+            # normed Q K^T in the output dtype (rows padded by 16 bytes: a fragment's reads hit 32 banks).
+            qk_s = T.alloc_shared((C, C + 8), dt)
+            kk_s = T.alloc_shared((C, C + 8), f32)
+            for r, c in T.Parallel(C, C):
+                qk_s[r, c] = T.cast(qk[r, c], dt)
+                kk_s[r, c] = kk[r, c]
+        T.clear(d_s)
+        for v in T.serial(G):
+            if G > 1:
+                for r, c in T.Parallel(C, C):
+                    qk[r, c] = qk_s[r, c]
+                    kk[r, c] = kk_s[r, c]
+            decayed(qk, kk, gam_s, b_s, v, pf, lo_s, blocks_s)
+            T.copy(pf, pmat[bc, hk * G + v, :, :])
+            diagonal_inverse(blocks_s, d_s, tx, xs)
+            inverse(lo_s, d_s, acc, acc2, af)
+            for c in T.Parallel(C):
+                b_col[c] = b_s[v, c]
+            for r, c in T.Parallel(C, C):
+                tf[r, c] = T.cast(acc2[r, c] * b_col[c], dt)
+            T.copy(tf, tmat[bc, hk * G + v, :, :])
+        _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
+
+    return chain_body
+
+
+def program(cfg: PrepConfig):
+    """The prim_func for `cfg`: one CTA per (chunk, key head) computes every value head of its group."""
+    if cfg.design not in DESIGNS:
+        raise ValueError(f"PrepConfig.design {cfg.design!r}: must be one of {DESIGNS}")
+    if cfg.design == "phased":
+        return _kernel(cfg, _phased_body(cfg))
+    return _kernel(cfg, _chain_body(cfg), prelude=EX2_PRELUDE)
