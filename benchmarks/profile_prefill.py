@@ -2,8 +2,9 @@
 
     python -m benchmarks.profile_prefill --shape 0.8b --tokens 8192 [--decode | --append 256]
 
-Prints the top CUDA kernels by device time, then (for decode, which is host-bound) the top ops by
-host time, and the wall time of the profiled call.
+Prints the top CUDA kernels by device time, the data-moving and elementwise ops by input shape, the
+GPU's idle gaps between kernels (where the host or a sync held it up), then (for decode, which is
+host-bound) the top ops by host time, and the wall and host-enqueue times of an unprofiled call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,30 @@ from qla_agent.runtime.model import HybridModel
 
 # Ops that only move data: their input shapes tell which layout conversion they come from.
 COPY_OPS = ("aten::clone", "aten::copy_", "aten::contiguous", "aten::repeat_interleave", "aten::cat")
+# Torch ops that launch small kernels of their own (fusion candidates), listed by input shape too.
+ELEMENTWISE_OPS = ("aten::mul", "aten::add", "aten::sub", "aten::neg", "aten::sigmoid", "aten::exp", "aten::fill_",
+                   "aten::zero_", "aten::index_select", "aten::embedding", "aten::to", "aten::_to_copy", "aten::arange")
+
+
+def idle_gaps(prof, top: int = 8) -> list[str]:
+    """Lines describing the GPU's busy time, span and largest gaps between consecutive kernels."""
+    kernels = sorted(
+        (e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+        key=lambda e: e.time_range.start,
+    )
+    if not kernels:
+        return ["no CUDA kernels recorded"]
+    span = kernels[-1].time_range.end - kernels[0].time_range.start
+    busy = sum(e.time_range.elapsed_us() for e in kernels)
+    gaps = [
+        (nxt.time_range.start - cur.time_range.end, cur.name, nxt.name) for cur, nxt in zip(kernels, kernels[1:])
+    ]
+    idle = sum(g for g, _, _ in gaps if g > 0)
+    lines = [f"GPU: {len(kernels)} kernels, busy {busy / 1e3:.2f} ms of a {span / 1e3:.2f} ms span, "
+             f"idle {idle / 1e3:.2f} ms"]
+    for gap, before, after in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  gap {gap:8.1f} us  after {before[:50]:<50} before {after[:50]}")
+    return lines
 
 
 def main() -> None:
@@ -52,18 +77,22 @@ def main() -> None:
             torch.cuda.synchronize()
         started = time.perf_counter()
         run()
+        enqueued_ms = (time.perf_counter() - started) * 1e3
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - started) * 1e3
     table = prof.key_averages()
     print(table.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
-    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in COPY_OPS]
-    print("copies by input shape:")
-    for event in sorted(copies, key=lambda e: -e.device_time_total)[:12]:
-        print(f"  {event.key:<14}{event.count:>5} calls {event.device_time_total / 1e3:>8.3f} ms  {event.input_shapes}")
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    for title, ops in (("copies", COPY_OPS), ("elementwise ops", ELEMENTWISE_OPS)):
+        print(f"{title} by input shape:")
+        for event in sorted((e for e in by_shape if e.key in ops), key=lambda e: -e.device_time_total)[:12]:
+            ms = event.device_time_total / 1e3
+            print(f"  {event.key:<18}{event.count:>5} calls {ms:>8.3f} ms  {event.input_shapes}")
+    print(*idle_gaps(prof), sep="\n")
     if args.decode or args.append:
         print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     what = "decode step" if args.decode else f"append {args.append} (incl. state clone)" if args.append else "prefill"
-    print(f"{what} after {args.tokens} tokens: {wall_ms:.2f} ms wall (unprofiled)")
+    print(f"{what} after {args.tokens} tokens: {wall_ms:.2f} ms wall, {enqueued_ms:.2f} ms to enqueue (unprofiled)")
 
 
 if __name__ == "__main__":

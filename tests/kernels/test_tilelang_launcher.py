@@ -88,13 +88,14 @@ def test_whole_sequences_without_context_parallelism(fake_kernels, why: str) -> 
 
 
 def test_context_parts_fill_the_gpu_with_long_partitions() -> None:
-    """Partitions double while 2 CTAs per unit fit on the SMs and each keeps MIN_PART_CHUNKS chunks."""
+    """Partitions double while the scan units stay within one per SM and each keeps MIN_PART_CHUNKS chunks."""
     from qla_agent.kernels.tilelang.prefill import MIN_PART_CHUNKS, context_parts
 
-    assert context_parts(1, 8192, 16, 132) == (4, 32)
-    assert context_parts(1, 16384, 32, 132) == (2, 128)
-    assert context_parts(1, 32768, 64, 132) == (1, 512)
-    assert context_parts(1, 32768, 8, 132) == (8, 64)
+    assert context_parts(1, 8192, 16, 132) == (8, 16)
+    assert context_parts(1, 16384, 32, 132) == (4, 64)
+    assert context_parts(1, 32768, 64, 132) == (2, 256)
+    assert context_parts(1, 32768, 8, 132) == (16, 32)
+    assert context_parts(1, 65536, 64, 132) == (2, 512)
     assert context_parts(8, 2048, 16, 132) == (1, 32)
     assert context_parts(1, (2 * MIN_PART_CHUNKS - 1) * 64, 1, 132) == (1, 2 * MIN_PART_CHUNKS - 1)
     assert context_parts(1, 2 * MIN_PART_CHUNKS * 64, 1, 132) == (2, MIN_PART_CHUNKS)

@@ -41,14 +41,14 @@ def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
 def context_parts(batch: int, seqlen: int, value_heads: int, sm_count: int) -> tuple[int, int]:
     """(partitions per sequence, chunks per partition) of a dense call's scan.
 
-    A sequence is cut in two again while its B x parts x Hv scan units, doubled, would still leave
-    room for two CTAs of each on every SM (`pick_scan_tile` then gives each unit 2-8 CTAs) and each
-    partition keeps MIN_PART_CHUNKS chunks: 1x8192 16/16 -> 4 partitions, 16/32 -> 2, 16/64 -> 1,
-    2/8 or 4/8 -> 8 once T >= 16384 (on 132 SMs).
+    A sequence is cut in two again while its B x parts x Hv scan units stay within one per SM (so
+    `pick_scan_tile` gives each unit two 64-column CTAs: two per SM) and each partition keeps
+    MIN_PART_CHUNKS chunks. On 132 SMs: 16/16 -> 8 partitions, 16/32 -> 4, 16/64 -> 2, 2/8 or 4/8 -> 16,
+    the best of 1-16 partitions x 16-64 columns in benchmarks/context_sweep.py (NOTES.md, session 5).
     """
     chunks = -(-seqlen // CHUNK)
     parts = 1
-    while 4 * batch * parts * value_heads <= sm_count and chunks >= 2 * parts * MIN_PART_CHUNKS:
+    while 2 * batch * parts * value_heads <= sm_count and chunks >= 2 * parts * MIN_PART_CHUNKS:
         parts *= 2
     part_chunks = -(-chunks // parts)
     return -(-chunks // part_chunks), part_chunks
