@@ -10,28 +10,30 @@ All chunks are independent. Per chunk and value head it writes, for the sequenti
 with kn = rk * k, qn = rq * q (rk, rq the L2-norm factors, 1 without use_qk_l2norm) and gamma the
 in-chunk cumsum of the log decays. Rows past the end of a sequence get g = beta = 0 and zero q, k,
 which makes them inert: their T, P and vector entries are exactly 0. The triangular inverse is
-blocked: 16x16 diagonal blocks by forward substitution on CUDA cores (D), then
-(I + L)^-1 = D (I + M)^-1 with M = L_off D strictly block-lower (M^4 = 0), on fp16 tensor cores
-(fp32 accumulation).
+blocked: D = the inverses of the 16x16 diagonal blocks of I + L, by forward substitution on CUDA cores
+(one column per thread), the rest on fp16 tensor cores (fp32 accumulation).
 
 Inputs are read in place: q and k with a runtime token stride, ROW_ALIGN x a scalar argument (so 16-byte
 vector loads stay provably aligned), g and beta with any token stride; the model's column slices of its
 conv output and gate projection need no copies.
 
-One CTA per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so the loads,
-norms, K K^T and Q K^T are done once per key head; all global loads are issued first;
-(I + M)^-1 = (I - M)(I + M^2), so D (I + M)^-1 = Y + Y M^2 with Y = D - D M (M^2 and D M in one phase).
+One CTA (128 threads) per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
+the loads, norms, K K^T and Q K^T are done once per key head; all global loads are issued first. Two
+designs of the per-value-head work (`PrepConfig.design`; tests/kernels/test_chunk_prep_algebra.py
+replays both inverses in fp64 and with the kernels' fp16 roundings):
 
-Two designs of the per-value-head work (`PrepConfig.design`):
-
-    "chain"   (default) P and L of a value head from one decay exp per element, in the Q K^T / K K^T
-              fragments, scaled once by the norms and the causal masks; then N = D L_off (shared memory
-              operands), and with N in registers (I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D by
-              three GEMMs whose left operand never leaves the registers (all warps own whole rows): one
-              shared write (N) between the four GEMMs. Five barriers per value head.
+    "chain"   (default) Q K^T and K K^T are scaled once per key head by the norms (|k|^2 read off
+              K K^T's diagonal), scale and the causal masks. Per value head one exp2 per element serves
+              P and L, read from those fragments (with Hv > Hk they wait in shared memory between
+              value heads, Q K^T in the output dtype). Then with N = D L_off (N^4 = 0)
+              (I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D: four GEMMs in which every warp owns 16
+              whole rows, so N, N^2 and I - N + N^2 (kept negated: the fp16 casts need no negation)
+              stay in registers as left operands; only N goes to shared memory, over L_off, as the
+              right operand of N^2 and N^3. Five barriers per value head.
     "phased"  the kernel measured in benchmarks/NOTES.md runs 6-7: L rebuilt from K K^T in shared
-              memory, D (I + M)^-1 = Y + Y M^2 through four GEMM phases in shared memory, P in a separate
-              pass. Seven barriers per value head.
+              memory, (I + L)^-1 = D (I + M)^-1, M = L_off D, (I + M)^-1 = (I - M)(I + M^2), as
+              Y + Y M^2 with Y = D - D M: four GEMMs in three phases through shared memory; P in a pass
+              of its own. Seven barriers per value head.
 """
 
 from dataclasses import dataclass
@@ -144,10 +146,11 @@ def _kernel(cfg: PrepConfig, body, prelude: str | None = None):
     return chunk_prep
 
 
-def _staged_inputs(cfg: PrepConfig):
+def _staged_inputs(cfg: PrepConfig, k_norms: bool = True):
     """The macro that stages a chunk's inputs in shared memory: every global load first (q, k, gates and
     their parameters), then gates and L2 norms from registers, then the gates' in-chunk cumsum.
-    Returns (k_s, q_s [64, 128] in the input dtype; gam_s, b_s [G, 64], rk_s, rq_s [64] fp32)."""
+    Returns (k_s, q_s [64, 128] in the input dtype; gam_s, b_s [G, 64], rk_s, rq_s [64] fp32).
+    k_norms False (with use_qk_l2norm): rk_s is left to the caller, which reads |k|^2 off K K^T."""
     dt, f32 = cfg.dtype, "float32"
     G, C = cfg.value_heads // cfg.key_heads, CHUNK
     # Gate rows per thread (G x 64 gates over 128 threads) and q/k rows per thread (16 lanes a row).
@@ -204,7 +207,7 @@ def _staged_inputs(cfg: PrepConfig):
                 k_s[i * 8 + tx // 16, c0 + j] = xk[i, j]
             for j in T.vectorized(8):
                 q_s[i * 8 + tx // 16, c0 + j] = xq[i, j]
-            if cfg.l2norm:
+            if cfg.l2norm and k_norms:
                 ssk[0] = 0.0
                 ssq[0] = 0.0
                 for j in T.unroll(8):
@@ -216,6 +219,14 @@ def _staged_inputs(cfg: PrepConfig):
                     ssq[0] = ssq[0] + T.shfl_xor(ssq[0], 8 >> s)
                 if tx % 16 == 0:
                     rk_s[i * 8 + tx // 16] = T.rsqrt(ssk[0] + 1e-6)
+                    rq_s[i * 8 + tx // 16] = T.rsqrt(ssq[0] + 1e-6)
+            elif cfg.l2norm:
+                ssq[0] = 0.0
+                for j in T.unroll(8):
+                    ssq[0] = ssq[0] + T.cast(xq[i, j], f32) * T.cast(xq[i, j], f32)
+                for s in T.unroll(4):
+                    ssq[0] = ssq[0] + T.shfl_xor(ssq[0], 8 >> s)
+                if tx % 16 == 0:
                     rq_s[i * 8 + tx // 16] = T.rsqrt(ssq[0] + 1e-6)
             elif tx % 16 == 0:
                 rk_s[i * 8 + tx // 16] = 1.0
@@ -335,13 +346,17 @@ def _chain_body(cfg: PrepConfig):
     C = CHUNK
     G = cfg.value_heads // cfg.key_heads
     scale = float(cfg.scale)
-    staged_inputs = _staged_inputs(cfg)
+    staged_inputs = _staged_inputs(cfg, k_norms=False)
     full_row = T.GemmWarpPolicy.FullRow
 
     @T.macro
     def normed_scores(qk, kk, rk_s, rq_s):
         """qk = scale qn kn^T (c <= r) and kk = kn kn^T (c < r) in place, zero elsewhere: the factors
-        every value head shares."""
+        every value head shares. With use_qk_l2norm, rk = rsqrt(|k|^2 + 1e-6) from K K^T's diagonal."""
+        if cfg.l2norm:
+            for r, c in T.Parallel(C, C):
+                if r == c:
+                    rk_s[r] = T.rsqrt(kk[r, c] + 1e-6)
         rq_row = T.alloc_fragment((C,), f32)
         rk_row = T.alloc_fragment((C,), f32)
         rk_col = T.alloc_fragment((C,), f32)
@@ -357,7 +372,7 @@ def _chain_body(cfg: PrepConfig):
     @T.macro
     def decayed(qk, kk, gam_s, b_s, v, pf, lo_s, blocks_s):
         """Value head v: pf = P; lo_s = L's blocks below the 16x16 diagonal (fp16), blocks_s = its diagonal
-        blocks (fp32). One exp per element serves P and L; the shared-memory reads come first, into
+        blocks (fp32). One exp2 per element serves P and L; the shared-memory reads come first, into
         registers, so the loop that writes shared memory reads none (no barrier inside it)."""
         g_row = T.alloc_fragment((C,), f32)
         b_row = T.alloc_fragment((C,), f32)
@@ -390,17 +405,18 @@ def _chain_body(cfg: PrepConfig):
 
     @T.macro
     def inverse(lo_s, d_s, acc, acc2, af):
-        """acc2 = X = (I + L)^-1 = (I - N + N^2 - N^3) D, N = D L_off. Every warp owns 16 whole rows, so
-        N, N^2 and R = I - N + N^2 - N^3 stay in registers as left operands; only N goes to shared memory
-        (over L_off, which it no longer needs: the right operand of N^2 and N^3)."""
+        """acc2 = -X = -(I + L)^-1 = (-I + N - N^2 + N^3) D, N = D L_off. Every warp owns 16 whole rows, so
+        N, N^2 and -R = -I + N - N^2 + N^3 stay in registers as left operands; only N goes to shared
+        memory (over L_off, which it no longer needs: the right operand of N^2 and N^3). The sign keeps
+        every fp16 cast a plain conversion (no negation per element); the caller folds it into beta."""
         T.gemm(d_s, lo_s, acc, clear_accum=True, policy=full_row)
         for r, c in T.Parallel(C, C):
             lo_s[r, c] = T.cast(acc[r, c], f16)
             af[r, c] = T.cast(acc[r, c], f16)
         T.gemm(af, lo_s, acc2, clear_accum=True, policy=full_row)
         for r, c in T.Parallel(C, C):
-            acc[r, c] = T.if_then_else(r == c, 1.0, 0.0) - acc[r, c] + acc2[r, c]
-            af[r, c] = T.cast(-acc2[r, c], f16)
+            acc[r, c] = acc[r, c] - acc2[r, c] - T.if_then_else(r == c, 1.0, 0.0)
+            af[r, c] = T.cast(acc2[r, c], f16)
         T.gemm(af, lo_s, acc, policy=full_row)
         T.copy(acc, af)
         T.gemm(af, d_s, acc2, clear_accum=True, policy=full_row)
@@ -443,7 +459,7 @@ def _chain_body(cfg: PrepConfig):
             diagonal_inverse(blocks_s, d_s, tx, xs)
             inverse(lo_s, d_s, acc, acc2, af)
             for c in T.Parallel(C):
-                b_col[c] = b_s[v, c]
+                b_col[c] = -b_s[v, c]
             for r, c in T.Parallel(C, C):
                 tf[r, c] = T.cast(acc2[r, c] * b_col[c], dt)
             T.copy(tf, tmat[bc, hk * G + v, :, :])
