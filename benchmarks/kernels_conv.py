@@ -2,6 +2,7 @@
 
     source .device/setup.sh && python benchmarks/kernels_conv.py
         [--shapes SUBSTRING ...] [--impls ours,reference,fla] [--json PATH]
+    python benchmarks/kernels_conv.py --variants [--floor-tbps 4.8]   (our prefill at each CONV_VARIANTS tile)
 
 Inputs as the runtime passes them: bf16 x [1, T, C] either sliced out of the fused input projection
 ("projection": rows of C + EXTRA_COLUMNS = 8224 elements for the 0.8B model) or its own contiguous
@@ -58,6 +59,20 @@ CONV_SHAPES = [
     ConvShape("prefill", 8192, 8192),
     *(ConvShape("update", n, c) for c in (6144, 8192) for n in (1, 32)),
 ]
+
+
+# Prefill tile overrides (ConvConfig fields) timed by --variants on VARIANT_SHAPES; "default" is ConvConfig's.
+CONV_VARIANTS = {
+    "measured": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1, "split_silu": False},
+    "split_v16": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1},
+    "default": {},
+    "v8_3cta": {"min_blocks": 1},
+    "v8_c128": {"block_c": 128, "block_t": 64},
+    "v8_t64": {"block_t": 64, "min_blocks": 2},
+    "v8_run16": {"run": 16, "block_t": 64, "min_blocks": 3},
+    "v16_run4": {"vector_bytes": 16, "run": 4, "block_t": 32, "min_blocks": 2},
+}
+VARIANT_SHAPES = [ConvShape("prefill", 8192, 6144), ConvShape("prefill", 8192, 8192)]
 
 
 def conv_bytes(shape: ConvShape) -> int:
@@ -154,12 +169,43 @@ def format_conv_table(rows: list[dict], card: str) -> str:
     return "\n".join(lines)
 
 
+def time_variants(floor_tbps: float) -> None:
+    """Print, per VARIANT_SHAPES shape and CONV_VARIANTS tile: CUDA-graph microseconds per call, GB/s, %
+    of the floor at floor_tbps, and whether y and the final state equal the default tile's bit for bit."""
+    from qla_agent.kernels.tilelang import conv
+
+    print(f"card: {torch.cuda.get_device_name()} (conv prefill tiles; floor = bytes at {floor_tbps:.1f} TB/s)")
+    print("| shape | variant | tiles | us | GB/s | % floor | same as default |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in VARIANT_SHAPES:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        c = shape.channels
+        weight = (torch.randn(c, WIDTH, generator=gen, device="cuda") / 2).bfloat16()
+        x = _x(shape, (1, shape.tokens), gen)
+        state = torch.randn(1, c, WIDTH - 1, generator=gen, device="cuda").bfloat16()
+        default = conv.causal_conv1d(x, weight, conv_state=state)
+        floor = 1e6 * conv_bytes(shape) / (floor_tbps * 1e12)
+        for name, tiles in CONV_VARIANTS.items():
+            out = conv.causal_conv1d(x, weight, conv_state=state, tiles=tiles)
+            same = all(torch.equal(a, b) for a, b in zip(out, default))
+            us = graph_us(lambda i, tiles=tiles: conv.causal_conv1d(x, weight, conv_state=state, tiles=tiles))
+            print(
+                f"| {shape.name} | {name} | {tiles or 'ConvConfig defaults'} | {us:.1f} | "
+                f"{conv_bytes(shape) / us / 1e3:.0f} | {100 * floor / us:.0f}% | {same} |", flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run (default: all)")
     parser.add_argument("--impls", default="ours,reference,fla", help="comma-separated: ours, reference, fla")
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--variants", action="store_true", help="time our prefill at every CONV_VARIANTS tile")
+    parser.add_argument("--floor-tbps", type=float, default=COPY_BYTES / 1e12, help="--variants floor bandwidth")
     args = parser.parse_args()
+    if args.variants:
+        time_variants(args.floor_tbps)
+        return
     impls = tuple(args.impls.split(","))
     rows = []
     for shape in CONV_SHAPES:

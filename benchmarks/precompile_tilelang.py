@@ -135,6 +135,15 @@ def step_configs() -> list:
                 channels=channels, width=4, dtype=names[bf16], weight_dtype=names[bf16], state_dtype=names[bf16],
                 slot_dtype=build.TORCH_TO_TL[slot_dtype], has_slots=has_slots,
             )))
+    # The prefill tiles benchmarks/kernels_conv.py --variants times and the GPU tests check (bf16, a state).
+    from benchmarks.kernels_conv import CONV_VARIANTS, VARIANT_SHAPES
+    for shape in VARIANT_SHAPES:
+        for tiles in CONV_VARIANTS.values():
+            for varlen in (False, True):
+                pairs.append((conv.conv_program, conv.ConvConfig(
+                    channels=shape.channels, width=4, dtype=names[bf16], weight_dtype=names[bf16],
+                    state_dtype=names[bf16], has_state=True, varlen=varlen, **tiles,
+                )))
     return pairs
 
 

@@ -3,13 +3,15 @@
 Inputs are bf16 (as in the model) unless a test says otherwise; the reference runs in fp64 on the same
 values, so the error left is fp32 arithmetic plus one rounding of y. Final and updated states are
 copies of inputs: exact. The allocator cache is NaN-filled before each run, so an output element
-never written fails. The prefill reads x as 16-byte vectors straight from the model's slice of its
+never written fails. The prefill reads x as vectors (8 bytes by default; every tile of the conv
+benchmark's variants is checked against the default) straight from the model's slice of its
 projection (row stride 8224) or from a contiguous x; a slice that is not vector-aligned is copied.
 """
 
 import pytest
 import torch
 
+from benchmarks.kernels_conv import CONV_VARIANTS
 from qla_agent import kernels
 from qla_agent.kernels import reference_conv
 from tests.kernels.gdn_inputs import rel_err
@@ -137,6 +139,29 @@ def test_varlen_many_short_sequences_match_reference() -> None:
     _poison_allocator()
     out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
     torch.cuda.synchronize()
+    assert rel_err(ref_y, out_y) < BOUND
+    assert torch.equal(ref_state.to(out_state.dtype), out_state)
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+@pytest.mark.parametrize("tiles", CONV_VARIANTS, ids=str)
+def test_conv_tiles_compute_the_same_values(tiles: str, varlen: bool) -> None:
+    """Every tile the benchmark times computes the default's y and final state bit for bit (x the
+    projection slice, states)."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    lens = (1, 2, 63, 64, 65, 300, 505)
+    x, weight, _ = _inputs(1, sum(lens), 6144, seed=8)
+    state = torch.randn(len(lens) if varlen else 1, 6144, W - 1).to("cuda", torch.bfloat16)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda") if varlen else None
+    ref_y, ref_state = reference_conv.causal_conv1d(
+        x.double(), weight.double(), conv_state=state.double(), cu_seqlens=cu
+    )
+    default_y, _ = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    _poison_allocator()
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu, tiles=CONV_VARIANTS[tiles])
+    torch.cuda.synchronize()
+    assert torch.equal(default_y, out_y)
     assert rel_err(ref_y, out_y) < BOUND
     assert torch.equal(ref_state.to(out_state.dtype), out_state)
 

@@ -3,8 +3,8 @@
 As for decode (test_tilelang_decode_cpu.py): the real launchers and prim_funcs, lowered for the CPU
 with fp32 tensors, against the fp64 reference. C = 300 is not a multiple of the 256-channel tile and
 T = 70 ends in a partial 64-token tile and a partial 8-token run; x is a strided slice of a wider
-projection, as in the model. The prefill reads x in vectors of 4 fp32 channels (C = 302 and 301: 2
-and 1); the slice's layout decides whether the launcher passes a view or a contiguous copy, and both
+projection, as in the model. The prefill reads x in vectors of 2 fp32 channels by default (C = 301:
+1; 16-byte tiles: 4); the slice's layout decides whether the launcher passes a view or a contiguous copy, and both
 run here. What the C backend cannot show (vector widths, registers) is read in the compile tests.
 """
 
@@ -70,7 +70,7 @@ def test_conv_program_matches_reference(c_kernels, seqlen: int, with_state: bool
 
 @pytest.mark.parametrize("channels", [302, 301], ids=lambda c: f"C{c}")
 def test_conv_program_narrow_vectors(c_kernels, channels: int) -> None:
-    """C = 302 and 301 are read in vectors of 2 and 1 channels."""
+    """C = 302 and 301 are read in vectors of 2 and 1 channels (the default 8 bytes)."""
     from qla_agent.kernels.tilelang.conv import causal_conv1d
 
     x = _projection_slice(2, 70, seed=10, channels=channels)
@@ -128,4 +128,31 @@ def test_varlen_conv_program_matches_reference(c_kernels, with_state: bool, lens
     ref_y, ref_state = reference_conv.causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
     out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu.long())
     assert rel_err(ref_y, out_y) < 1e-6
+    assert torch.equal(ref_state, out_state)
+
+
+# Tile overrides: the kernel as first measured (16-byte vectors, 64-token tiles, channel-by-channel SiLU),
+# 16-token runs, 4-token runs with 128-channel tiles, one CTA per SM.
+TILES = {
+    "measured": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1, "split_silu": False},
+    "run16": {"run": 16, "block_t": 64, "min_blocks": 2},
+    "run4": {"run": 4, "block_t": 16, "block_c": 128},
+    "v16": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1},
+}
+
+
+@pytest.mark.parametrize("tiles", TILES, ids=str)
+def test_conv_tiles_compute_the_same_values(c_kernels, tiles: str) -> None:
+    """Every tile computes the default's values bit for bit (packed sequences with states, C = 300)."""
+    from qla_agent.kernels.tilelang.conv import causal_conv1d
+
+    lens = VARLEN_LENS[1]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    x = _projection_slice(1, sum(lens), seed=12, start=4, extra=12)
+    weight, state = _weight_and_state(len(lens), seed=13)
+    ref_y, ref_state = reference_conv.causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    default_y, _ = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu)
+    out_y, out_state = causal_conv1d(x, weight, conv_state=state, cu_seqlens=cu, tiles=TILES[tiles])
+    assert rel_err(ref_y, out_y) < 1e-6
+    assert torch.equal(default_y, out_y)
     assert torch.equal(ref_state, out_state)

@@ -4,14 +4,20 @@ Math and conventions as `reference_conv` (W taps, weight[:, W-1] on the current 
 last W-1 inputs, oldest first). Both kernels compute in fp32 and take x with strided rows, so a slice
 of the fused input projection needs no copy.
 
-Prefill: grid (C / block_c, T / block_t, B). A thread owns `vec` consecutive channels (16 bytes) and a
-run of `run` tokens: it loads the run and the W-1 tokens before it into registers as 16-byte vectors
+Prefill: grid (C / block_c, T / block_t, B). A thread owns `vec` consecutive channels (vector_bytes of
+x) and a run of `run` tokens: it loads the run and the W-1 tokens before it into registers as vectors
 (every load issued before the first use), slides the W-tap window over them and stores each token's
-outputs as one 16-byte vector. Taps before a sequence's first token read that sequence's conv_state
+outputs as one vector. Taps before a sequence's first token read that sequence's conv_state
 (0 without one): the run's first W-1 taps when it starts within W-1 tokens of a sequence start, and,
 for packed sequences only, the taps after a sequence start inside the run. A sequence's last token
 writes its final state from the window, so the values are exact copies of inputs. With cu_seqlens
 (B = 1) a thread finds the sequence of its first token by a binary search of the offsets on the device.
+
+The prefill is latency-bound in its SiLU: an IEEE fp32 division is a branchy sequence that ptxas
+does not interleave with the next one. So the denominators of all the thread's channels are computed
+first (independent, interleaved), and the default tile keeps a thread at 4 channels (8-byte vectors of
+bf16) and 64 registers (__launch_bounds__(256, 4)), 32 warps per SM to hide the divisions' latency
+(16-byte vectors: 120 registers, 16 warps). Every tile computes the same values, bit for bit.
 
 Update: grid (C / block_c, N). Thread c reads its channel's W-1 state values and the new input,
 writes y and the shifted state (in place: each thread touches only its own channel).
@@ -39,14 +45,20 @@ class ConvConfig:
     state_dtype: str  # conv_state and the final state
     has_state: bool
     varlen: bool = False  # packed sequences (B = 1) delimited by cu_seqlens
-    block_t: int = 64  # tokens per CTA
+    block_t: int = 32  # tokens per CTA
     block_c: int = 256  # channels per CTA
     run: int = 8  # tokens per thread
+    vector_bytes: int = VECTOR_BYTES // 2  # bytes of x a thread loads per token
+    # __launch_bounds__ minimum CTAs per SM: ptxas caps registers at 64K / (threads * min_blocks).
+    min_blocks: int = 4
+    # Each token's SiLU denominators of all the thread's channels before their divisions (the divisions'
+    # branchy IEEE sequences then start with their inputs ready); False: channel by channel.
+    split_silu: bool = True
 
     @property
     def vec(self) -> int:
-        """Channels per thread: 16 bytes of x, halved until it divides C (x rows are read as vectors)."""
-        vec = VECTOR_BYTES // (4 if self.dtype == "float32" else 2)
+        """Channels per thread: vector_bytes of x, halved until it divides C (x rows are read as vectors)."""
+        vec = self.vector_bytes // (4 if self.dtype == "float32" else 2)
         while self.channels % vec:
             vec //= 2
         return vec
@@ -70,8 +82,13 @@ class ConvUpdateConfig:
     block_c: int = 256
 
 
+def _sigmoid_denominator(acc):
+    """1 + exp(-acc), so that SiLU(acc) = acc / _sigmoid_denominator(acc)."""
+    return 1.0 + T.exp2(acc * -LOG2E)
+
+
 def _silu(acc):
-    return acc / (1.0 + T.exp2(acc * -LOG2E))
+    return acc / _sigmoid_denominator(acc)
 
 
 def conv_program(cfg: ConvConfig):
@@ -125,7 +142,10 @@ def conv_program(cfg: ConvConfig):
             wr = T.alloc_local((W * V,), cfg.weight_dtype)
             yr = T.alloc_local((V,), cfg.dtype)
             acc = T.alloc_local((V,), f32)
+            den = T.alloc_local((V,), f32)
             seq, hi, bos, eos = (T.alloc_local((1,), "int32") for _ in range(4))
+            if cfg.min_blocks > 1:
+                T.annotate_min_blocks_per_sm(cfg.min_blocks)
             for r, g in T.Parallel(R, G):
                 vc = bc * G + g
                 t0 = bt * cfg.block_t + r * L
@@ -160,7 +180,13 @@ def conv_program(cfg: ConvConfig):
                             acc[k] = 0.0
                             for j in T.unroll(W):
                                 acc[k] += T.cast(wr[k * W + j], f32) * win[i + j, k]
-                            yr[k] = T.cast(_silu(acc[k]), cfg.dtype)
+                            if cfg.split_silu:
+                                den[k] = _sigmoid_denominator(acc[k])
+                            else:
+                                yr[k] = T.cast(_silu(acc[k]), cfg.dtype)
+                        if cfg.split_silu:
+                            for k in T.unroll(V):
+                                yr[k] = T.cast(acc[k] / den[k], cfg.dtype)
                         if t0 + i < nt:
                             for k in T.vectorized(V):
                                 y[bb, t0 + i, vc * V + k] = yr[k]
@@ -223,13 +249,14 @@ def _vectors(x: torch.Tensor, vec: int) -> tuple[torch.Tensor, int, int]:
 
 def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, *, conv_state: torch.Tensor | None = None,
-    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None, tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal conv + SiLU on CUDA; arguments and results as `qla_agent.kernels.causal_conv1d`.
 
     x [B,T,C] (rows may be strided); weight [C,W]; conv_state [N,C,W-1] or None; cu_seqlens [N+1]
     (B = 1) or None -> y [B,T,C] in x.dtype, final_conv_state [N,C,W-1] in conv_state's dtype
-    (x's without one). cu_seqlens is read on the device only.
+    (x's without one). cu_seqlens is read on the device only. tiles: ConvConfig tile fields to
+    override (benchmarks).
     """
     batch, seqlen, channels = x.shape
     width = weight.shape[1]
@@ -238,7 +265,7 @@ def causal_conv1d(
     tl = build.TORCH_TO_TL
     cfg = ConvConfig(
         channels=channels, width=width, dtype=tl[x.dtype], weight_dtype=tl[weight.dtype], state_dtype=tl[state_dtype],
-        has_state=conv_state is not None, varlen=cu_seqlens is not None,
+        has_state=conv_state is not None, varlen=cu_seqlens is not None, **(tiles or {}),
     )
     arch, _ = build.device_facts(x.device)
     kernel = build.compiled(conv_program, cfg, arch)
