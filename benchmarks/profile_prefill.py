@@ -5,11 +5,17 @@
 Prints the top CUDA kernels by device time, the data-moving and elementwise ops by input shape, the
 GPU's idle gaps between kernels (where the host or a sync held it up), then (for decode, which is
 host-bound) the top ops by host time, and the wall and host-enqueue times of an unprofiled call.
+--host instead times the host side of one unprofiled call: per layer, the seconds from entering its
+mixer to leaving its FFN (a layer far slower than its peers waits for the GPU: a sync), the ops that
+synchronise (torch's sync debug mode) and the Python functions with the most own time (cProfile).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -47,6 +53,41 @@ def idle_gaps(prof, top: int = 8) -> list[str]:
     return lines
 
 
+def host_report(model: HybridModel, run) -> None:
+    """Per-layer host enqueue times, synchronising ops and the top Python functions of `run()`."""
+    marks: list[tuple[str, float]] = []
+    for i, layer in enumerate(model.layers):
+        mixer = layer.linear_attn if layer.kind == "linear_attention" else layer.self_attn
+
+        def timed(*args, _prefill=mixer.prefill, i=i):
+            marks.append((f"layer {i} in", time.perf_counter()))
+            return _prefill(*args)
+
+        mixer.prefill = timed
+        layer.mlp.register_forward_hook(lambda m, a, o, i=i: marks.append((f"layer {i} out", time.perf_counter())))
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    run()
+    enqueued = time.perf_counter() - started
+    torch.cuda.synchronize()
+    print(f"host enqueue {enqueued * 1e3:.2f} ms, wall {(time.perf_counter() - started) * 1e3:.2f} ms")
+    print("per-layer host ms: " + " ".join(
+        f"{(b[1] - a[1]) * 1e3:.2f}" for a, b in zip(marks[::2], marks[1::2])
+    ))
+    torch.cuda.set_sync_debug_mode("warn")
+    run()
+    torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run()
+    profiler.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    print(out.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="0.8b")
@@ -54,6 +95,7 @@ def main() -> None:
     parser.add_argument("--decode", action="store_true", help="profile one batch-1 decode step instead")
     parser.add_argument("--append", type=int, default=0, help="profile appending this many tokens to the session")
     parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--host", action="store_true", help="time the host side per layer instead (see above)")
     args = parser.parse_args()
     model = HybridModel(ModelConfig.from_dict(text_config(args.shape)), dtype=torch.bfloat16, device="cuda")
     random_init_(model)
@@ -72,6 +114,9 @@ def main() -> None:
             run = lambda: model.prefill(ids, model.new_state())  # noqa: E731
         run()
         torch.cuda.synchronize()
+        if args.host:
+            host_report(model, run)
+            return
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             run()
             torch.cuda.synchronize()
