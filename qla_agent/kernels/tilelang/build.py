@@ -124,6 +124,21 @@ def entry(kernel: Any) -> Callable[..., Any]:
     return module.main
 
 
+_launchers: dict[tuple, Callable[..., Any]] = {}
+
+
+def launcher(program: Callable[[Any], Any], config: Any, arch: str) -> Callable[..., Any]:
+    """`entry` of `compiled(program, config, arch)`, cached: what a launcher calls on every launch.
+
+    Keyed by the compile function too, so kernels a test swaps in never meet entries built with others.
+    """
+    key = (compiled, program, config, arch)
+    fn = _launchers.get(key)
+    if fn is None:
+        fn = _launchers[key] = entry(compiled(program, config, arch))
+    return fn
+
+
 # Shared memory one block may use, per arch (bytes): the opt-in maximum of each family.
 SMEM_LIMIT = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90a": 227 * 1024}
 

@@ -268,7 +268,7 @@ def causal_conv1d(
         has_state=conv_state is not None, varlen=cu_seqlens is not None, **(tiles or {}),
     )
     arch, _ = build.device_facts(x.device)
-    kernel = build.compiled(conv_program, cfg, arch)
+    kernel = build.launcher(conv_program, cfg, arch)
     xv, sxb, sxt = _vectors(x, cfg.vec)
     wv = weight.contiguous()
     if wv.data_ptr() % (cfg.vec * wv.element_size()):
@@ -300,7 +300,7 @@ def causal_conv1d_update(
         has_slots=slots is not None,
     )
     arch, _ = build.device_facts(x.device)
-    kernel = build.compiled(update_program, cfg, arch)
+    kernel = build.launcher(update_program, cfg, arch)
     y = torch.empty((count, channels), dtype=x.dtype, device=x.device)
     if count == 0:
         return y

@@ -181,7 +181,7 @@ def gdn_decode(
         raw_gates=A_log is not None, l2norm=use_qk_l2norm, scale=dim**-0.5 if scale is None else scale,
         block_v=block_v or pick_block_v(count * value_heads, sm_count),
     )
-    kernel = build.compiled(program, cfg, arch)
+    kernel = build.launcher(program, cfg, arch)
     o = torch.empty((count, value_heads, dim), dtype=v.dtype, device=q.device) if out is None else out
     if count == 0:
         return o

@@ -415,7 +415,7 @@ def _norm_rows(
     if y.numel() == 0:
         return y, s
     arch, _ = build.device_facts(x.device)
-    kernel = build.compiled(rms_norm_program, cfg, arch)
+    kernel = build.launcher(rms_norm_program, cfg, arch)
     rows, *x_strides = _as_rows(x, heads)
     if residual is None:
         kernel(rows, _aligned(weight), y.view(rows.shape), float(eps), *x_strides)
@@ -449,7 +449,7 @@ def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, ep
     if y.numel() == 0:
         return y
     arch, _ = build.device_facts(x.device)
-    kernel = build.compiled(gated_rms_norm_program, cfg, arch)
+    kernel = build.launcher(gated_rms_norm_program, cfg, arch)
     (rows, *x_strides), (gates, *z_strides) = _as_rows(x, heads), _as_rows(z, heads)
     kernel(rows, gates, _aligned(weight), y.view(rows.shape), float(eps), *x_strides, *z_strides)
     return y
@@ -464,7 +464,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if out.numel() == 0:
         return out
     arch, _ = build.device_facts(gate.device)
-    kernel = build.compiled(silu_mul_program, cfg, arch)
+    kernel = build.launcher(silu_mul_program, cfg, arch)
     (gates, gate_stride8, _), (ups, up_stride8, _) = _as_rows(gate, 1), _as_rows(up, 1)
     kernel(gates[:, 0], ups[:, 0], out.view(-1, dim), gate_stride8, up_stride8)
     return out
@@ -479,7 +479,7 @@ def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     if y.numel() == 0:
         return y
     arch, _ = build.device_facts(x.device)
-    kernel = build.compiled(sigmoid_gate_mul_program, cfg, arch)
+    kernel = build.launcher(sigmoid_gate_mul_program, cfg, arch)
     (rows, *x_strides), (gates, *gate_strides) = _as_rows(x, heads), _as_rows(gate, heads)
     kernel(rows, gates, y.view(rows.shape), *x_strides, *gate_strides)
     return y
