@@ -11,16 +11,16 @@ from qla_agent.runtime.config import ModelConfig
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)); gate_proj, up_proj [I, H], down_proj [H, I]."""
+    """down(silu(gate(x)) * up(x)) with gate and up as one GEMM: gate_up_proj [2I, H] holds the
+    checkpoint's gate_proj rows then its up_proj rows; down_proj [H, I]."""
 
     def __init__(self, hidden: int, intermediate: int, *, dtype: torch.dtype | None = None, device=None) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False, dtype=dtype, device=device)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False, dtype=dtype, device=device)
+        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False, dtype=dtype, device=device)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False, dtype=dtype, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(kernels.silu_mul(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class Experts(nn.Module):

@@ -47,9 +47,10 @@ def _attention(config: ModelConfig, src: str, dst: str) -> dict[str, Placement]:
 
 
 def _swiglu(src: str, dst: str, hidden: int, inter: int) -> dict[str, Placement]:
+    """gate_proj and up_proj become the two halves of the model's fused gate_up_proj (one GEMM)."""
     return {
-        f"{src}gate_proj.weight": Placement(f"{dst}gate_proj.weight", (inter, hidden)),
-        f"{src}up_proj.weight": Placement(f"{dst}up_proj.weight", (inter, hidden)),
+        f"{src}gate_proj.weight": Placement(f"{dst}gate_up_proj.weight", (inter, hidden), (slice(0, inter),)),
+        f"{src}up_proj.weight": Placement(f"{dst}gate_up_proj.weight", (inter, hidden), (slice(inter, 2 * inter),)),
         f"{src}down_proj.weight": Placement(f"{dst}down_proj.weight", (hidden, inter)),
     }
 
