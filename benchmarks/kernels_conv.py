@@ -66,6 +66,7 @@ CONV_VARIANTS = {
     "measured": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1, "split_silu": False},
     "split_v16": {"vector_bytes": 16, "block_t": 64, "min_blocks": 1},
     "default": {},
+    "exact_div": {"fast_silu": False},
     "v8_3cta": {"min_blocks": 1},
     "v8_c128": {"block_c": 128, "block_t": 64},
     "v8_t64": {"block_t": 64, "min_blocks": 2},
