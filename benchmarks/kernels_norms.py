@@ -1,12 +1,13 @@
-"""Time the row kernels (RMSNorm, add + RMSNorm, gated RMSNorm, SiLU-mul, sigmoid-gate-mul): ours vs the torch
-reference vs the memory floor, for the 0.8B and 4B model shapes at T tokens.
+"""Time the row kernels (RMSNorm, add + RMSNorm, RMSNorm + RoPE, gated RMSNorm, SiLU-mul, sigmoid-gate-mul): ours
+vs the torch reference vs the memory floor, for the 0.8B and 4B model shapes at T tokens.
 
     source .device/setup.sh && python benchmarks/kernels_norms.py [--tokens 8192] [--json PATH]
 
 Inputs as the runtime passes them (bf16): hidden states [T, D] (the residual add reads x and the
 residual and writes y and the sum), the attention q-norm on q sliced out of [T, Hq, 2 * 256], the
-GDN output norm on z sliced out of the input projection, SiLU-mul on the halves of a fused [T, 2I]
-projection, the attention output gate on SDPA's output (the runtime's prefill call, in the layout SDPA
+attention q/k norm + RoPE (R = 64; q sliced out of q_proj's output, k compact; its reference is
+the runtime's former norm then RoPE in torch ops), the GDN output norm on z sliced out of the input
+projection, SiLU-mul on the halves of a fused [T, 2I] projection, the attention output gate on SDPA's output (the runtime's prefill call, in the layout SDPA
 returns) and the gate columns of q_proj ([T, H, 2 * 256], per head [query | gate]); its reference is the
 torch expression x * torch.sigmoid(gate) on the same views (two passes; the runtime's former form also
 flattened both to [T, H * 256] first, a copy of the gate and of a head-major x). The floor is the bytes read and written once at COPY_BYTES. Times are medians of
@@ -39,13 +40,15 @@ from benchmarks.harness import (  # noqa: E402
 EPS = 1e-6
 # Key/value heads of the attention layers whose output sigmoid_gate_mul gates (0.8B: 8 query heads, 2 kv heads).
 KV_HEADS = 2
+# Rotated dims of each attention head (0.8B / 4B: 64 of 256).
+ROTARY_DIM = 64
 
 
 @dataclass(frozen=True, slots=True)
 class NormShape:
     """One call: `op` on `tokens` rows of `heads` x `dim` (row_width: the projection a slice comes from)."""
 
-    op: str  # "rms_norm" | "add_rms_norm" | "q_norm" | "gated_rms_norm" | "silu_mul" | "sigmoid_gate_mul"
+    op: str  # "rms_norm" | "add_rms_norm" | "q_norm" | "rms_norm_rope" | "gated_rms_norm" | "silu_mul" | ...
     tokens: int
     dim: int
     heads: int = 1
@@ -60,7 +63,8 @@ class NormShape:
     def moved_bytes(self) -> int:
         """bf16 bytes read and written once: inputs + outputs (see the module docstring)."""
         tensors = {
-            "rms_norm": 2, "add_rms_norm": 4, "q_norm": 2, "gated_rms_norm": 3, "silu_mul": 3, "sigmoid_gate_mul": 3,
+            "rms_norm": 2, "add_rms_norm": 4, "q_norm": 2, "rms_norm_rope": 2, "gated_rms_norm": 3, "silu_mul": 3,
+            "sigmoid_gate_mul": 3,
         }[self.op]
         return 2 * tensors * self.tokens * self.heads * self.dim
 
@@ -72,6 +76,8 @@ def norm_shapes(tokens: int) -> list[NormShape]:
         *(NormShape("add_rms_norm", tokens, d) for d in (1024, 2560, 4096, 8192)),
         NormShape("q_norm", tokens, 256, heads=8),
         NormShape("q_norm", tokens, 256, heads=16),
+        NormShape("rms_norm_rope", tokens, 256, heads=8, row_width=2 * 256),
+        NormShape("rms_norm_rope", tokens, 256, heads=KV_HEADS),
         NormShape("gated_rms_norm", tokens, 128, heads=16, row_width=8224),
         NormShape("gated_rms_norm", tokens, 128, heads=32, row_width=12352),
         *(NormShape("silu_mul", tokens, d) for d in (3584, 9216)),
@@ -101,6 +107,9 @@ def _input_set(shape: NormShape, gen: torch.Generator) -> dict[str, torch.Tensor
         return {"x": randn(t, d), "residual": randn(t, d), "weight": randn(d) / 8}
     if shape.op == "q_norm":
         return {"x": randn(t, h, 2 * d)[..., :d], "weight": randn(d) / 8}
+    if shape.op == "rms_norm_rope":
+        x = randn(t, h, shape.row_width)[..., :d] if shape.row_width else randn(t, h, d)
+        return {"x": x, "weight": randn(d) / 8, "cos": randn(t, 1, ROTARY_DIM), "sin": randn(t, 1, ROTARY_DIM)}
     if shape.op == "gated_rms_norm":
         z = randn(t, shape.row_width)[:, -(h * d + 2 * h) : -2 * h].view(t, h, d)
         return {"x": randn(t, h, d), "z": z, "weight": 1 + randn(d) / 8}
@@ -116,6 +125,8 @@ def _call(module, shape: NormShape, x: dict[str, torch.Tensor]) -> object:
         return module.add_rms_norm(x["x"], x["residual"], x["weight"], eps=EPS)
     if shape.op in ("rms_norm", "q_norm"):
         return module.rms_norm(x["x"], x["weight"], eps=EPS)
+    if shape.op == "rms_norm_rope":
+        return module.rms_norm_rope(x["x"], x["weight"], x["cos"], x["sin"], eps=EPS)
     if shape.op == "gated_rms_norm":
         return module.gated_rms_norm(x["x"], x["z"], x["weight"], eps=EPS)
     if shape.op == "sigmoid_gate_mul":
@@ -223,6 +234,12 @@ def precompile_configs() -> list:
         for dim in (128, 256):
             for heads in (1, 8):
                 pairs.append((norms.sigmoid_gate_mul_program, norms.sigmoid_gate_mul_config(dim, heads, dtype)))
+        # Attention q/k norm + RoPE: 0.8B (8 q / 2 kv heads) and 4B (16 / 4), weights in the dtype or fp32.
+        for heads in (2, 4, 8, 16):
+            for weight in (dtype, f32):
+                config = norms.rms_norm_rope_config(256, ROTARY_DIM, heads, dtype, weight)
+                pairs.append((norms.rms_norm_rope_program, config))
+    pairs.append((norms.rms_norm_rope_program, norms.rms_norm_rope_config(128, 128, 1, f32, f32)))
     for weight in (bf16, f32):
         pairs.append((norms.rms_norm_program, norms.rms_norm_config(2048, 1, bf16, weight, None, zero_centered=False)))
     return list(dict.fromkeys(pairs))

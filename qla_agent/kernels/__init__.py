@@ -14,7 +14,7 @@ from qla_agent.kernels.reference import gdn_gates
 
 __all__ = [
     "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_gates", "gdn_prefill",
-    "rms_norm", "sigmoid_gate_mul", "silu_and_mul", "silu_mul",
+    "rms_norm", "rms_norm_rope", "sigmoid_gate_mul", "silu_and_mul", "silu_mul",
 ]
 
 
@@ -94,6 +94,19 @@ def rms_norm(
     checks_norms.check_rms_norm(x, weight, eps=eps)
     arguments = dict(x=x, weight=weight, eps=eps, zero_centered=zero_centered)
     return resolve("rms_norm", impl, arguments)(**arguments)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, eps: float, impl: str = "auto"
+) -> torch.Tensor:
+    """The attention q/k norm and RoPE: x [T, heads, D] (may be a strided slice of a projection), weight [D]
+    (zero-centred), cos, sin [T, 1, R] (`PartialRope.cos_sin`) -> y [T, heads, D] in x.dtype.
+
+    y = rms_norm(x) rounded to x.dtype, then neox-rotated on dims [0, R) in x.dtype arithmetic.
+    """
+    checks_norms.check_rms_norm_rope(x, weight, cos, sin, eps=eps)
+    arguments = dict(x=x, weight=weight, cos=cos, sin=sin, eps=eps)
+    return resolve("rms_norm_rope", impl, arguments)(**arguments)
 
 
 def add_rms_norm(

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from qla_agent.kernels.checks import _expect_float_on_device, _expect_tensor, _fmt
+from qla_agent.kernels.checks import _expect_float_on_device, _expect_ndim, _expect_tensor, _fmt
 
 
 def _expect_rows(name: str, x: torch.Tensor) -> int:
@@ -62,3 +62,20 @@ def check_sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> None:
     _expect_rows("x", x)
     _expect_like("gate", gate, "x", x)
     _expect_float_on_device("x", x, gate=gate)
+
+
+def check_rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, eps: float
+) -> None:
+    """Validate rms_norm_rope inputs: x [T, heads, D], weight [D], cos [T, 1, R] with R even and <= D, sin like cos."""
+    _expect_ndim("x", x, 3, "[T, heads, D]")
+    tokens, _, dim = x.shape
+    _expect_tensor("weight", weight, (dim,), "[D]")
+    _expect_ndim("cos", cos, 3, "[T, 1, R]")
+    rotary_dim = cos.shape[-1]
+    if cos.shape[:2] != (tokens, 1) or rotary_dim % 2 or not 2 <= rotary_dim <= dim:
+        raise ValueError(f"cos must have shape [T, 1, R] = [{tokens}, 1, R] with R even, 2 <= R <= D = {dim}, "
+                         f"got {_fmt(cos.shape)}")
+    _expect_like("sin", sin, "cos", cos)
+    _expect_float_on_device("x", x, weight=weight, cos=cos, sin=sin)
+    _expect_eps(eps)

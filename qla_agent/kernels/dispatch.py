@@ -2,7 +2,7 @@
 
 A fast backend is a module listed in FAST_BACKENDS that exposes, for each op it implements, a
 function with the public signature minus `impl` (gdn_prefill, gdn_decode, causal_conv1d,
-causal_conv1d_update, rms_norm, add_rms_norm, gated_rms_norm, silu_mul, sigmoid_gate_mul), plus
+causal_conv1d_update, rms_norm, rms_norm_rope, add_rms_norm, gated_rms_norm, silu_mul, sigmoid_gate_mul), plus
 
     def supports(op: str, **arguments) -> str | None
 
@@ -39,6 +39,7 @@ REFERENCE_OPS: dict[str, Callable[..., Any]] = {
     "causal_conv1d": reference_conv.causal_conv1d,
     "causal_conv1d_update": reference_conv.causal_conv1d_update,
     "rms_norm": reference_norms.rms_norm,
+    "rms_norm_rope": reference_norms.rms_norm_rope,
     "add_rms_norm": reference_norms.add_rms_norm,
     "gated_rms_norm": reference_norms.gated_rms_norm,
     "silu_mul": reference_norms.silu_mul,

@@ -1,5 +1,5 @@
-"""RMSNorm, gated RMSNorm, SiLU-mul and sigmoid-gate-mul reference: the executable spec of the model's
-row-wise elementwise ops.
+"""RMSNorm (alone or with RoPE), gated RMSNorm, SiLU-mul and sigmoid-gate-mul reference: the executable
+spec of the model's row-wise elementwise ops.
 
 Plain torch, any device, any float dtype. The rounding structure is that of the Qwen hybrid models in
 transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel must reproduce:
@@ -8,6 +8,7 @@ transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel mus
     weight          [D]        zero-centred norms store w - 1 and scale by (1 + w)
     gate, up        [..., I]
     x, gate         [..., D]   sigmoid_gate_mul: x an attention output head, gate its gate columns
+    x               [T, heads, D], cos, sin [T, 1, R]   rms_norm_rope: attention q/k heads, R = rotary_dim
 
     rms(x)          = xf * rsqrt(mean(xf^2) + eps),  xf = x in fp32 (fp64 when x is fp64)
     rms_norm        = (rms(x) * (1 + w in fp32)).to(x.dtype)          zero_centered (w in fp32 when plain)
@@ -19,6 +20,10 @@ transformers (and `qla_agent.runtime.layers.norms`), which every fast kernel mus
                                                                       then the product rounded again
     sigmoid_gate_mul = x * sigmoid(gate)                              sigmoid in fp32 rounded to gate.dtype,
                                                                       then the product rounded again
+    rms_norm_rope   : n = rms_norm(x) (zero_centered, rounded to x.dtype), then neox RoPE on dims [0, R):
+                      n[:R] = n[:R] * cos + cat(-n[R/2:R], n[:R/2]) * sin, dims [R, D) pass through;
+                      each product and the sum is one torch op in x.dtype (fp32 inside, rounded to
+                      x.dtype), as transformers' apply_rotary_pos_emb on the normed q and k
 
 mean(xf^2) is the fp32 sum of squares times 1/D in fp32 (torch's mean); a kernel may sum in another
 order, so its outputs agree with these to the last bit of the output dtype only where the fp32 results
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from qla_agent.kernels.checks_norms import (
-    check_gated_rms_norm, check_rms_norm, check_sigmoid_gate_mul, check_silu_mul,
+    check_gated_rms_norm, check_rms_norm, check_rms_norm_rope, check_sigmoid_gate_mul, check_silu_mul,
 )
 
 
@@ -53,6 +58,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, *, eps: float, zero_centered
     """x [..., D], weight [D] -> y [..., D] in x.dtype."""
     check_rms_norm(x, weight, eps=eps)
     return _rms_norm(x, weight, eps, zero_centered)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, eps: float
+) -> torch.Tensor:
+    """x [T, heads, D], weight [D] (zero-centred), cos, sin [T, 1, R] -> y [T, heads, D] in x.dtype."""
+    check_rms_norm_rope(x, weight, cos, sin, eps=eps)
+    y = _rms_norm(x, weight, eps, True)
+    rotary_dim = cos.shape[-1]
+    half = rotary_dim // 2
+    rotated = torch.cat([-y[..., half:rotary_dim], y[..., :half]], dim=-1)
+    y[..., :rotary_dim] = y[..., :rotary_dim] * cos + rotated * sin
+    return y
 
 
 def add_rms_norm(

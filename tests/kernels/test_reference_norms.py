@@ -111,6 +111,12 @@ REJECTED = [
     pytest.param(lambda: kernels.silu_and_mul(torch.zeros(3, 5)), r"gate_up must have shape \[..., 2I\]",
                  id="odd_gate_up"),
     pytest.param(lambda: kernels.rms_norm(X, W, eps=EPS, impl="fast"), "impl must be one of", id="unknown_impl"),
+    pytest.param(lambda: kernels.rms_norm_rope(X, W, X[:, None, :16], X[:, None, :16], eps=EPS),
+                 r"x must have shape \[T, heads, D\]", id="rope_x_2d"),
+    pytest.param(lambda: kernels.rms_norm_rope(X[None], W, X[:1, None, :15], X[:1, None, :15], eps=EPS),
+                 "R even", id="rope_odd_rotary_dim"),
+    pytest.param(lambda: kernels.rms_norm_rope(X[None], W, X[:1, None, :16], X[:1, None, :8], eps=EPS),
+                 "sin must have the shape of cos", id="rope_sin_shape"),
 ]
 
 
@@ -118,3 +124,27 @@ REJECTED = [
 def test_invalid_inputs_are_rejected(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def _runtime_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' apply_rotary_pos_emb (partial, neox) as the runtime ran it after the q/k norm: each
+    op in x.dtype."""
+    rotary_dim = cos.shape[-1]
+    rot, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    rotated = torch.cat([-rot[..., rotary_dim // 2 :], rot[..., : rotary_dim // 2]], dim=-1)
+    return torch.cat([rot * cos + rotated * sin, passed], dim=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rms_norm_rope_is_the_model_norm_then_rope(dtype: torch.dtype) -> None:
+    """q sliced out of [T, heads, 2 * D] (per head [query | gate]): rms_norm, then RoPE on the first R dims,
+    bit for bit; cos/sin from the runtime's PartialRope."""
+    from qla_agent.runtime.layers.attention import PartialRope
+
+    x = _randn(9, 4, 2 * 64, dtype=dtype, seed=20)[..., :64] * 3
+    w = _randn(64, dtype=dtype, seed=21) / 4
+    cos, sin = PartialRope(16, 10_000.0).cos_sin(torch.arange(100, 109), dtype)
+    expected = _runtime_rope(reference_norms.rms_norm(x, w, eps=EPS), cos, sin)
+    out = reference_norms.rms_norm_rope(x, w, cos, sin, eps=EPS)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    assert torch.equal(kernels.rms_norm_rope(x, w, cos, sin, eps=EPS), expected)

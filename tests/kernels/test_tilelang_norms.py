@@ -1,4 +1,5 @@
-"""GPU tests of the TileLang norm, SiLU-mul and sigmoid-gate-mul kernels against the torch references.
+"""GPU tests of the TileLang norm (alone, gated, + RoPE), SiLU-mul and sigmoid-gate-mul kernels against the
+torch references.
 
 The references run on the same inputs in the same dtype: the kernels round at the same places, so
 an output may differ from the reference only where the fp32 results (sums of squares added in
@@ -24,6 +25,8 @@ MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
 # Share of elements allowed one unit in the last place away from the reference.
 ULP_FRACTION = 0.01
 FP64_BOUND = 8e-3
+# rms_norm_rope: units in the last place of the larger element of each rotated pair (assert_rope_close).
+ROPE_ULPS = 4
 
 
 def _poison_allocator() -> None:
@@ -140,6 +143,65 @@ def test_silu_mul_matches_reference(dim: int, rows: int, dtype: torch.dtype, fus
     assert_within_one_ulp(reference_norms.silu_mul(gate, up), out)
 
 
+def _cos_sin(rows: int, dtype: torch.dtype, rotary_dim: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The runtime's cos, sin [rows, 1, R] (PartialRope, theta 1e7) at positions 5 ... 5 + rows - 1."""
+    from qla_agent.runtime.layers.attention import PartialRope
+
+    return PartialRope(rotary_dim, 1e7).cos_sin(torch.arange(5, 5 + rows, device="cuda"), dtype)
+
+
+def assert_rope_close(
+    x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor
+) -> None:
+    """out within ROPE_ULPS units in the last place of the larger of |n_j| and |n_partner| (n the normed row,
+    rounded) of the reference, and few elements differ at all: the norm may round one element of a pair
+    one ulp the other way (see the module docstring); that ulp passes through two products (|cos|, |sin| <= 1),
+    each rounded, and their rounded sum, which may cancel, so the bound is on the pair, not on y."""
+    ref = reference_norms.rms_norm_rope(x, w, cos, sin, eps=EPS)
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    assert torch.isfinite(out).all(), "out has NaN/inf (unwritten elements?)"
+    normed = reference_norms.rms_norm(x, w, eps=EPS).double().abs()
+    half = cos.shape[-1] // 2
+    pair = normed.clone()
+    pair[..., : 2 * half] = torch.maximum(normed[..., : 2 * half], normed[..., : 2 * half].roll(half, dims=-1))
+    tiny = torch.finfo(ref.dtype).tiny
+    ulp = torch.exp2(torch.floor(torch.log2(pair.clamp_min(tiny))) - MANTISSA_BITS[ref.dtype])
+    diff = (out.double() - ref.double()).abs()
+    assert bool((diff <= ROPE_ULPS * ulp).all()), f"max difference {float((diff / ulp).max()):.1f} ulp of the pair"
+    differing = float((diff > 0).double().mean())
+    assert differing <= ULP_FRACTION, f"{differing:.2%} of the elements differ from the reference"
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32], ids=["w_same", "w_fp32"])
+def test_rms_norm_rope_matches_reference(rows: int, dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
+    """The 0.8B attention q/k norm + RoPE (R = 64 of 256): q sliced out of [T, 8, 2 * 256] (per head
+    [query | gate]) and k [T, 2, 256], read in place; y compact."""
+    from qla_agent.kernels.tilelang.norms import rms_norm_rope
+
+    q = _randn(rows, 8, 512, dtype=dtype, seed=rows, scale=3.0)[..., :256]
+    k = _randn(rows, 2, 256, dtype=dtype, seed=rows + 1, scale=3.0)
+    w = _randn(256, dtype=weight_dtype or dtype, seed=7, scale=0.2)
+    cos, sin = _cos_sin(rows, dtype)
+    for x in (q, k):
+        _poison_allocator()
+        out = rms_norm_rope(x, w, cos, sin, eps=EPS)
+        assert_rope_close(x, w, cos, sin, out)
+        ref64 = reference_norms.rms_norm_rope(x.double(), w.double(), cos.double(), sin.double(), eps=EPS)
+        assert rel_err(ref64, out) < FP64_BOUND
+
+
+def test_rms_norm_rope_full_rotation_in_fp32() -> None:
+    """R = D (every dim rotated, no pass-through loop), fp32 rows of 128, one head."""
+    from qla_agent.kernels.tilelang.norms import rms_norm_rope
+
+    x, w = _randn(63, 1, 128, dtype=torch.float32, seed=30), _randn(128, dtype=torch.float32, seed=31, scale=0.2)
+    cos, sin = _cos_sin(63, torch.float32, rotary_dim=128)
+    _poison_allocator()
+    assert_rope_close(x, w, cos, sin, rms_norm_rope(x, w, cos, sin, eps=EPS))
+
+
 def _attention_output(rows: int, layout: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
     """[rows, 8, 256] as SDPA may return it: compact, or head-major memory seen through a transpose."""
     if layout == "compact":
@@ -195,28 +257,36 @@ def test_public_entry_points_take_the_kernels() -> None:
         reference_norms.sigmoid_gate_mul(heads_x, heads_z),
         kernels.sigmoid_gate_mul(heads_x, heads_z, impl="tilelang"),
     )
+    cos, sin = _cos_sin(5, torch.bfloat16)
+    heads_w = _randn(128, seed=10, scale=0.2)
+    out = kernels.rms_norm_rope(heads_x, heads_w, cos, sin, eps=EPS, impl="tilelang")
+    assert_rope_close(heads_x, heads_w, cos, sin, out)
 
 
 def test_kernels_replay_in_a_cuda_graph() -> None:
-    """No host syncs: a captured add_rms_norm + gated norm + silu_mul + sigmoid-gate-mul (strided inputs)
-    replays on new input values."""
+    """No host syncs: a captured add_rms_norm + gated norm + silu_mul + sigmoid-gate-mul + q norm-and-RoPE
+    (strided inputs) replays on new input values."""
     from qla_agent.kernels.tilelang import norms
 
     x, residual, w = _randn(300, 1024, seed=10), _randn(300, 1024, seed=11), _randn(1024, seed=12)
     core, z, head_w = _randn(300, 16, 128, seed=13), _randn(300, 16, 128, seed=14), _randn(128, seed=15)
     attended, projection = _attention_output(300, "head_major", torch.bfloat16, seed=20), _randn(300, 8, 512, seed=21)
+    cos, sin = _cos_sin(300, torch.bfloat16)
 
     def step() -> tuple[torch.Tensor, ...]:
         y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
         gated = norms.sigmoid_gate_mul(attended, projection[..., 256:])
-        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s), gated
+        rotated = norms.rms_norm_rope(projection[..., :256], w[:256], cos, sin, eps=EPS)
+        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s), gated, rotated
 
     step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = step()
-    for tensor, seed in ((x, 16), (residual, 17), (core, 18), (z, 19), (attended, 22), (projection, 23)):
+    for tensor, seed in (
+        (x, 16), (residual, 17), (core, 18), (z, 19), (attended, 22), (projection, 23), (cos, 24), (sin, 25)
+    ):
         tensor.copy_(_randn(*tensor.shape, seed=seed))
     graph.replay()
     torch.cuda.synchronize()

@@ -139,12 +139,62 @@ def test_sigmoid_gate_mul_compiles(arch: str) -> None:
         assert f"*(uint4*)({operand} + " in source, f"sigmoid_gate_mul moves {operand} without 16-byte vectors"
 
 
+def _cos_sin(tokens: int, rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _wide(tokens, 1, rotary_dim), _wide(tokens, 1, rotary_dim)
+
+
+def test_rms_norm_rope_launcher_reads_q_in_place(fake_kernels: dict[str, SignatureCheck]) -> None:
+    """The 0.8B q/k norms: q sliced out of q_proj's [T, 8 * 2 * 256] (per head [query | gate]) and k [T, 2, 256]
+    go to the kernel without a copy, read per head (cos/sin are per token); y compact."""
+    from qla_agent.kernels.tilelang import norms
+
+    cos, sin = _cos_sin(5, 64)
+    q = _wide(5, 8 * 2 * 256).view(5, 8, 512)[..., :256]
+    out = norms.rms_norm_rope(q, _wide(256), cos, sin, eps=EPS)
+    call = fake_kernels["norms"].calls[-1]
+    assert call["x"].data_ptr() == q.data_ptr() and call["x"].shape == (5, 8, 256)
+    assert (call["x_token_stride8"], call["x_head_stride8"]) == (4096 // 8, 512 // 8)
+    assert call["cos"].data_ptr() == cos.data_ptr() and call["sin"].data_ptr() == sin.data_ptr()
+    assert call["y"].data_ptr() == out.data_ptr() and out.is_contiguous() and out.shape == q.shape
+    k = _wide(5, 2, 256)
+    norms.rms_norm_rope(k, _wide(256), cos, sin, eps=EPS)
+    call = fake_kernels["norms"].calls[-1]
+    assert call["x"].data_ptr() == k.data_ptr() and (call["x_token_stride8"], call["x_head_stride8"]) == (64, 32)
+    assert fake_kernels["norms"].prim_func.attrs["global_symbol"] == "rms_norm_rope"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rms_norm_rope_compiles(arch: str) -> None:
+    """The 0.8B q and k shapes (8 and 2 heads of 256, R = 64, bf16) build for `arch`; x, cos, sin and y move in
+    16-byte vectors."""
+    from qla_agent.kernels.tilelang import build, norms
+
+    for heads in (8, 2):
+        config = norms.rms_norm_rope_config(256, 64, heads, torch.bfloat16, torch.bfloat16)
+        source = build.compiled(norms.rms_norm_rope_program, config, arch).get_kernel_source()
+        assert f"__launch_bounds__({config.block.threads}" in source
+        for operand in ("x", "cos_1", "sin_1", "y"):
+            assert f"*(uint4*)({operand} + " in source, f"rms_norm_rope moves {operand} without 16-byte vectors"
+
+
+@pytest.mark.parametrize("dim,rotary_dim,itemsize", [(256, 64, 2), (256, 64, 4), (128, 128, 2), (128, 32, 4)])
+def test_rope_block_splits_both_parts_into_whole_vectors(dim: int, rotary_dim: int, itemsize: int) -> None:
+    from qla_agent.kernels.tilelang.norms import MAX_VECTORS, rope_block
+
+    block = rope_block(dim, rotary_dim, itemsize, 8)
+    rows, unit = block.block_tokens * block.block_heads, block.threads * 16 // itemsize
+    assert rows * rotary_dim % unit == 0 and rows * (dim - rotary_dim) % unit == 0
+    assert rows * dim // unit <= MAX_VECTORS
+
+
 def test_empty_inputs_launch_nothing(fake_kernels: dict[str, SignatureCheck]) -> None:
     from qla_agent.kernels.tilelang import norms
 
     assert norms.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
     assert norms.silu_mul(_wide(0, 64), _wide(0, 64)).shape == (0, 64)
     assert norms.sigmoid_gate_mul(_wide(0, 8, 256), _wide(0, 8, 256)).shape == (0, 8, 256)
+    assert norms.rms_norm_rope(_wide(0, 8, 256), _wide(256), *_cos_sin(0, 64), eps=EPS).shape == (0, 8, 256)
     assert all(not check.calls for check in fake_kernels.values())
 
 
@@ -195,7 +245,7 @@ def _meta(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
 
 def test_model_shapes_are_supported() -> None:
     from qla_agent.kernels.tilelang import (
-        _gated_rms_norm_reason, _rms_norm_reason, _sigmoid_gate_mul_reason, _silu_mul_reason,
+        _gated_rms_norm_reason, _rms_norm_reason, _rms_norm_rope_reason, _sigmoid_gate_mul_reason, _silu_mul_reason,
     )
 
     for dim in (1024, 2048, 2560, 4096, 5120, 8192):
@@ -206,6 +256,9 @@ def test_model_shapes_are_supported() -> None:
         assert _silu_mul_reason(_meta(3, dim), _meta(3, dim)) is None, dim
     for heads in (8, 16):
         assert _sigmoid_gate_mul_reason(_meta(3, heads, 256), _meta(3, heads, 512)[..., 256:]) is None, heads
+    for heads in (1, 2, 4, 8, 16):
+        rope = (_meta(3, 1, 64), _meta(3, 1, 64))
+        assert _rms_norm_rope_reason(_meta(3, heads, 512)[..., :256], _meta(256), *rope) is None, heads
 
 
 REFUSALS = [
@@ -220,6 +273,11 @@ REFUSALS = [
     pytest.param(lambda r: r._sigmoid_gate_mul_reason(_meta(3, 256), _meta(3, 256, dtype=torch.float16)),
                  "x/gate dtypes", id="sigmoid_gate_mixed"),
     pytest.param(lambda r: r._sigmoid_gate_mul_reason(_meta(3, 100), _meta(3, 100)), "D=100", id="sigmoid_gate_width"),
+    pytest.param(lambda r: r._rms_norm_rope_reason(_meta(3, 2, 256), _meta(256), _meta(3, 1, 24), _meta(3, 1, 24)),
+                 "R=24", id="rope_rotary_dim"),
+    pytest.param(lambda r: r._rms_norm_rope_reason(
+        _meta(3, 2, 256), _meta(256), *(_meta(3, 1, 64, dtype=torch.float32) for _ in "cs")), "x/cos/sin dtypes",
+        id="rope_cos_dtype"),
 ]
 
 

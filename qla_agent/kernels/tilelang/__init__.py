@@ -12,8 +12,8 @@ from qla_agent.kernels.tilelang.build import HEAD_DIM, ROW_ALIGN, VECTOR_BYTES, 
 from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
 from qla_agent.kernels.tilelang.norms import (
-    MAX_GRID_Y, MAX_VECTORS, add_rms_norm, gated_rms_norm, heads_of, rms_norm, row_block, sigmoid_gate_mul, silu_mul,
-    silu_mul_tile,
+    MAX_GRID_Y, MAX_VECTORS, add_rms_norm, gated_rms_norm, heads_of, rms_norm, rms_norm_rope, rope_block, row_block,
+    sigmoid_gate_mul, silu_mul, silu_mul_tile,
 )
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "gated_rms_norm", "gdn_decode", "gdn_prefill",
-    "rms_norm", "sigmoid_gate_mul", "silu_mul", "supports",
+    "rms_norm", "rms_norm_rope", "sigmoid_gate_mul", "silu_mul", "supports",
 ]
 
 IO_DTYPES = (torch.bfloat16, torch.float16)
@@ -150,12 +150,31 @@ def _sigmoid_gate_mul_reason(x: torch.Tensor, gate: torch.Tensor, **_: object) -
     return _row_dtypes_reason(x=x) or _row_width_reason(x, gate)
 
 
+def _rms_norm_rope_reason(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, **_: object
+) -> str | None:
+    if cos.dtype != x.dtype or sin.dtype != x.dtype:
+        dtypes = f"{x.dtype}/{cos.dtype}/{sin.dtype}"
+        return f"x/cos/sin dtypes {dtypes}: the kernel rotates in x's dtype, pass cos/sin in it"
+    if x.shape[-2] > MAX_GRID_Y:
+        return f"x {list(x.shape)}: at most {MAX_GRID_Y} heads"
+    reason = _row_dtypes_reason(x=x, weight=weight) or _row_width_reason(x)
+    if reason is None and rope_block(x.shape[-1], cos.shape[-1], x.element_size(), x.shape[-2]) is None:
+        per_vector = VECTOR_BYTES // x.element_size()
+        return (
+            f"rotary_dim R={cos.shape[-1]} of D={x.shape[-1]} ({x.dtype}): the kernel needs R a multiple of "
+            f"{2 * per_vector} (whole 16-byte vectors in each half) and at most {MAX_VECTORS} vectors per thread"
+        )
+    return reason
+
+
 _REASONS = {
     "gdn_prefill": _prefill_reason,
     "gdn_decode": _decode_reason,
     "causal_conv1d": _conv_reason,
     "causal_conv1d_update": _conv_update_reason,
     "rms_norm": _rms_norm_reason,
+    "rms_norm_rope": _rms_norm_rope_reason,
     "add_rms_norm": _rms_norm_reason,
     "gated_rms_norm": _gated_rms_norm_reason,
     "silu_mul": _silu_mul_reason,

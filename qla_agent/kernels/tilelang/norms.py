@@ -1,6 +1,6 @@
-"""TileLang row kernels: RMSNorm (zero-centred or plain, optionally fused with the residual add), the
-GDN output's gated RMSNorm, SiLU(gate) * up, and the gated attention output x * sigmoid(gate). Math and
-rounding as `reference_norms`.
+"""TileLang row kernels: RMSNorm (zero-centred or plain, optionally fused with the residual add, or
+followed by the attention heads' partial RoPE), the GDN output's gated RMSNorm, SiLU(gate) * up, and the
+gated attention output x * sigmoid(gate). Math and rounding as `reference_norms`.
 
 Bandwidth-bound design, one launch per call: a CTA holds a block of whole rows in registers (fp32)
 and touches global memory only in 16-byte vectors; a row's sum of squares is an all-reduce over the
@@ -65,6 +65,24 @@ def row_block(dim: int, itemsize: int, heads: int) -> RowBlock | None:
     return RowBlock(block_tokens=rows // block_heads, block_heads=block_heads, threads=threads)
 
 
+# Cached as row_block.
+@functools.cache
+def rope_block(dim: int, rotary_dim: int, itemsize: int, heads: int) -> RowBlock | None:
+    """The CTA of rms_norm_rope: row_block's threads, with rows enough that the rotated dims [0, R) and
+    the passed dims [R, D) of the CTA's rows each split into whole 16-byte vectors over the threads.
+    None when there is no such block within MAX_VECTORS per thread."""
+    base, per_vector = row_block(dim, itemsize, 1), VECTOR_BYTES // itemsize
+    if base is None or rotary_dim % (2 * per_vector):
+        return None
+    rows, unit = base.block_tokens, base.threads * per_vector
+    while rows * rotary_dim % unit or rows * (dim - rotary_dim) % unit:
+        rows *= 2
+    if rows * dim // unit > MAX_VECTORS:
+        return None
+    block_heads = math.gcd(heads, rows)
+    return RowBlock(block_tokens=rows // block_heads, block_heads=block_heads, threads=base.threads)
+
+
 @functools.cache
 def silu_mul_tile(dim: int, itemsize: int) -> tuple[int, int] | None:
     """(block_tokens, block_cols) of the SiLU-mul CTA: the largest power-of-two column block up to
@@ -120,6 +138,18 @@ class SigmoidGateMulConfig:
     block: RowBlock
 
 
+@dataclass(frozen=True, slots=True)
+class RmsNormRopeConfig:
+    """One zero-centred RMSNorm + RoPE specialisation (token and head counts, eps and x's strides are
+    runtime values)."""
+
+    dim: int
+    rotary_dim: int
+    dtype: str  # x, cos, sin and y
+    weight_dtype: str
+    block: RowBlock
+
+
 def rms_norm_config(
     dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype, residual_dtype: torch.dtype | None, *,
     zero_centered: bool,
@@ -141,6 +171,17 @@ def gated_rms_norm_config(
     return GatedRmsNormConfig(
         dim=dim, dtype=tl[dtype], gate_dtype=tl[gate_dtype], weight_dtype=tl[weight_dtype],
         product_dtype=tl[torch.promote_types(weight_dtype, dtype)], block=row_block(dim, dtype.itemsize, heads),
+    )
+
+
+def rms_norm_rope_config(
+    dim: int, rotary_dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype
+) -> RmsNormRopeConfig:
+    """The specialisation for [tokens, heads, dim] rows rotated on their first rotary_dim dims."""
+    tl = build.TORCH_TO_TL
+    return RmsNormRopeConfig(
+        dim=dim, rotary_dim=rotary_dim, dtype=tl[dtype], weight_dtype=tl[weight_dtype],
+        block=rope_block(dim, rotary_dim, dtype.itemsize, heads),
     )
 
 
@@ -250,14 +291,64 @@ def rms_norm_program(cfg: RmsNormConfig):
     return rms_norm if cfg.residual_dtype is None else add_rms_norm
 
 
+def _rounded(value, dtype: str):
+    """value (fp32) rounded to `dtype` and back: where torch's op in that dtype rounds."""
+    return value if dtype == "float32" else T.cast(T.cast(value, dtype), "float32")
+
+
+def rms_norm_rope_program(cfg: RmsNormRopeConfig):
+    """The prim_func: grid and rows as `rms_norm_program`, cos and sin contiguous [nt, 1, R], y contiguous
+    [nt, nh, D]. The normed rows (rounded to the dtype) wait in shared memory, where each rotated
+    element finds its partner half a rotation away; the passed dims are copied out in a loop of their own
+    so that both loops move whole 16-byte vectors."""
+    f32, D, R, BT, BH = "float32", cfg.dim, cfg.rotary_dim, cfg.block.block_tokens, cfg.block.block_heads
+    half = R // 2
+    nt, nh = T.dynamic("nt"), T.dynamic("nh")
+    sxt, sxh = T.dynamic("sxt8", "int32"), T.dynamic("sxh8", "int32")
+
+    @T.prim_func
+    def rms_norm_rope(
+        x: _rows_of(cfg.dtype, D, nt, nh, sxt, sxh),
+        weight: T.Tensor((D,), cfg.weight_dtype),
+        cos: T.Tensor((nt, 1, R), cfg.dtype),
+        sin: T.Tensor((nt, 1, R), cfg.dtype),
+        y: T.Tensor((nt, nh, D), cfg.dtype),
+        eps: T.float32,
+        x_token_stride8: sxt,
+        x_head_stride8: sxh,
+    ):
+        with T.Kernel(T.ceildiv(nt, BT), T.ceildiv(nh, BH), threads=cfg.block.threads) as (bt, bh):
+            xf = T.alloc_fragment((BT, BH, D), f32)
+            rstd = T.alloc_fragment((BT, BH), f32)
+            wf = T.alloc_fragment((BT, BH, D), f32)
+            normed = T.alloc_shared((BT, BH, D), cfg.dtype)
+            _load_rows(x, xf, bt, bh, nt, nh, cfg.block, D)
+            _row_rsqrt(xf, rstd, eps, D, cfg.block)
+            _weight_rows(weight, wf, cfg.block, D, True)
+            for t, h, j in T.Parallel(BT, BH, D):
+                normed[t, h, j] = T.cast(xf[t, h, j] * rstd[t, h] * wf[t, h, j], cfg.dtype)
+            for t, h, j in T.Parallel(BT, BH, D - R):
+                if bt * BT + t < nt and bh * BH + h < nh:
+                    y[bt * BT + t, bh * BH + h, R + j] = normed[t, h, R + j]
+            # side 0: dims [0, R/2) rotate with -(their partner); side 1: [R/2, R) with +(their partner).
+            for t, h, side, i in T.Parallel(BT, BH, 2, half):
+                tok, head, j = bt * BT + t, bh * BH + h, side * half + i
+                if tok < nt and head < nh:
+                    value = T.cast(normed[t, h, j], f32)
+                    partner = T.cast(normed[t, h, (1 - side) * half + i], f32)
+                    rotated = T.if_then_else(side == 0, -partner, partner)
+                    cosine = _rounded(value * T.cast(cos[tok, 0, j], f32), cfg.dtype)
+                    sine = _rounded(rotated * T.cast(sin[tok, 0, j], f32), cfg.dtype)
+                    y[tok, head, j] = T.cast(cosine + sine, cfg.dtype)
+
+    return rms_norm_rope
+
+
 def gated_rms_norm_program(cfg: GatedRmsNormConfig):
     """The prim_func: grid and rows as `rms_norm_program`; y contiguous [nt, nh, D]."""
     f32, D, BT, BH = "float32", cfg.dim, cfg.block.block_tokens, cfg.block.block_heads
     nt, nh = T.dynamic("nt"), T.dynamic("nh")
     sxt, sxh, szt, szh = (T.dynamic(name, "int32") for name in ("sxt8", "sxh8", "szt8", "szh8"))
-
-    def rounded(value, dtype: str):
-        return value if dtype == f32 else T.cast(T.cast(value, dtype), f32)
 
     @T.prim_func
     def gated_rms_norm(
@@ -281,8 +372,8 @@ def gated_rms_norm_program(cfg: GatedRmsNormConfig):
             for t, h, j in T.Parallel(BT, BH, D):
                 tok, head = bt * BT + t, bh * BH + h
                 if tok < nt and head < nh:
-                    normed = rounded(xf[t, h, j] * rstd[t, h], cfg.dtype)
-                    scaled = rounded(wf[t, h, j] * normed, cfg.product_dtype)
+                    normed = _rounded(xf[t, h, j] * rstd[t, h], cfg.dtype)
+                    scaled = _rounded(wf[t, h, j] * normed, cfg.product_dtype)
                     gate = T.cast(z[tok, head, j], f32)
                     y[tok, head, j] = T.cast(scaled * (gate / (1.0 + T.exp(-gate))), cfg.dtype)
 
@@ -394,11 +485,11 @@ def _as_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, int, int]:
     return view, token // ROW_ALIGN, head // ROW_ALIGN
 
 
-def _aligned(weight: torch.Tensor) -> torch.Tensor:
-    """weight [D], contiguous and 16-byte aligned (a copy only when it is not)."""
-    if weight.is_contiguous() and weight.data_ptr() % VECTOR_BYTES == 0:
-        return weight
-    return weight.clone(memory_format=torch.contiguous_format)
+def _aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor (a weight [D], cos/sin [T, 1, R]), contiguous and 16-byte aligned (a copy only when it is not)."""
+    if tensor.is_contiguous() and tensor.data_ptr() % VECTOR_BYTES == 0:
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 def _norm_rows(
@@ -438,6 +529,23 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add + RMSNorm on CUDA in one launch: x, residual [..., D] -> (y, s) [..., D] in x.dtype."""
     return _norm_rows(x, residual, weight, eps, zero_centered)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, eps: float
+) -> torch.Tensor:
+    """Zero-centred RMSNorm + partial neox RoPE on CUDA: x [T, heads, D] (a q/k slice of a projection,
+    read in place), weight [D], cos, sin [T, 1, R] -> y [T, heads, D] contiguous in x.dtype."""
+    heads = x.shape[-2]
+    cfg = rms_norm_rope_config(x.shape[-1], cos.shape[-1], heads, x.dtype, weight.dtype)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    arch, _ = build.device_facts(x.device)
+    kernel = build.launcher(rms_norm_rope_program, cfg, arch)
+    rows, *x_strides = _as_rows(x, heads)
+    kernel(rows, _aligned(weight), _aligned(cos), _aligned(sin), y, float(eps), *x_strides)
+    return y
 
 
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float) -> torch.Tensor:

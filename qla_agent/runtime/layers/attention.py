@@ -1,4 +1,5 @@
-"""Gated full attention: q/k zero-centred RMSNorm, partial neox RoPE, GQA over a KV cache, sigmoid gate."""
+"""Gated full attention: q/k zero-centred RMSNorm + partial neox RoPE (one fused kernel each), GQA over a
+KV cache, sigmoid gate."""
 
 from __future__ import annotations
 
@@ -34,17 +35,6 @@ class PartialRope:
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def rotate_(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate dims [0, rotary_dim) of x [T, heads, head_dim] in place (x must own its memory) by cos, sin
-    [T, 1, rotary_dim] from `PartialRope.cos_sin`; returns x."""
-    rotary_dim = cos.shape[-1]
-    half = rotary_dim // 2
-    first, second = x[..., :half], x[..., half:rotary_dim]
-    rotated = torch.cat([-second, first], dim=-1)
-    x[..., :rotary_dim] = x[..., :rotary_dim] * cos + rotated * sin
-    return x
-
-
 class GatedAttention(nn.Module):
     """One gated attention layer. q_proj.weight [nh*2*d, H] holds per head [query(d) | gate(d)] rows;
     k_proj, v_proj [nkv*d, H]; o_proj [H, nh*d]; q_norm, k_norm [d]."""
@@ -64,13 +54,14 @@ class GatedAttention(nn.Module):
     def _project(self, x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x [T, H], cos_sin of the T positions (`PartialRope.cos_sin`, computed once per forward for
         all layers) -> q [T, nh, d], gate [T, nh, d] (a strided view of the projection), k, v [T, nkv, d]
-        (normed, rotated)."""
+        (q and k normed and rotated by one fused kernel each, q read in place from the projection)."""
         query, gate = self.q_proj(x).unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
-        k = self.k_norm(self.k_proj(x).unflatten(-1, (self.nkv, self.d)))
+        k = self.k_proj(x).unflatten(-1, (self.nkv, self.d))
         v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
-        q = self.q_norm(query)
         cos, sin = cos_sin
-        return rotate_(q, cos, sin), gate, rotate_(k, cos, sin), v
+        q = kernels.rms_norm_rope(query, self.q_norm.weight, cos, sin, eps=self.q_norm.eps)
+        k = kernels.rms_norm_rope(k, self.k_norm.weight, cos, sin, eps=self.k_norm.eps)
+        return q, gate, k, v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """q [T, nh, d] (the last T of the L context entries), keys/values [nkv, L, d] -> [T, nh, d]
