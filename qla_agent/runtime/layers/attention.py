@@ -36,17 +36,18 @@ class PartialRope:
 
 
 class GatedAttention(nn.Module):
-    """One gated attention layer. q_proj.weight [nh*2*d, H] holds per head [query(d) | gate(d)] rows;
-    k_proj, v_proj [nkv*d, H]; o_proj [H, nh*d]; q_norm, k_norm [d]."""
+    """One gated attention layer. qkv_proj.weight [(nh*2 + nkv*2)*d, H]: the checkpoint's q_proj rows
+    (per head [query(d) | gate(d)]), then k_proj's and v_proj's (one GEMM); o_proj [H, nh*d]; q_norm,
+    k_norm [d]."""
 
     def __init__(self, config: ModelConfig, *, dtype: torch.dtype | None = None, device=None) -> None:
         super().__init__()
         c = config
         self.nh, self.nkv, self.d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.scale = self.d**-0.5
-        self.q_proj = nn.Linear(c.hidden_size, self.nh * 2 * self.d, bias=False, dtype=dtype, device=device)
-        self.k_proj = nn.Linear(c.hidden_size, self.nkv * self.d, bias=False, dtype=dtype, device=device)
-        self.v_proj = nn.Linear(c.hidden_size, self.nkv * self.d, bias=False, dtype=dtype, device=device)
+        self.qkv_proj = nn.Linear(
+            c.hidden_size, (2 * self.nh + 2 * self.nkv) * self.d, bias=False, dtype=dtype, device=device
+        )
         self.o_proj = nn.Linear(self.nh * self.d, c.hidden_size, bias=False, dtype=dtype, device=device)
         self.q_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = ZeroCenteredRMSNorm(self.d, c.rms_norm_eps, dtype=dtype, device=device)
@@ -54,10 +55,10 @@ class GatedAttention(nn.Module):
     def _project(self, x: Tensor, cos_sin: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x [T, H], cos_sin of the T positions (`PartialRope.cos_sin`, computed once per forward for
         all layers) -> q [T, nh, d], gate [T, nh, d] (a strided view of the projection), k, v [T, nkv, d]
-        (q and k normed and rotated by one fused kernel each, q read in place from the projection)."""
-        query, gate = self.q_proj(x).unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
-        k = self.k_proj(x).unflatten(-1, (self.nkv, self.d))
-        v = self.v_proj(x).unflatten(-1, (self.nkv, self.d))
+        (q and k normed and rotated by one fused kernel each, read in place from the projection; v a view of it)."""
+        q_gate, k, v = self.qkv_proj(x).split([2 * self.nh * self.d, self.nkv * self.d, self.nkv * self.d], dim=-1)
+        query, gate = q_gate.unflatten(-1, (self.nh, 2 * self.d)).chunk(2, dim=-1)
+        k, v = k.unflatten(-1, (self.nkv, self.d)), v.unflatten(-1, (self.nkv, self.d))
         cos, sin = cos_sin
         q = kernels.rms_norm_rope(query, self.q_norm.weight, cos, sin, eps=self.q_norm.eps)
         k = kernels.rms_norm_rope(k, self.k_norm.weight, cos, sin, eps=self.k_norm.eps)

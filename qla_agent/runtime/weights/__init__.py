@@ -39,11 +39,17 @@ def _gdn(config: ModelConfig, src: str, dst: str, names: Collection[str]) -> dic
 
 
 def _attention(config: ModelConfig, src: str, dst: str) -> dict[str, Placement]:
+    """q_proj, k_proj and v_proj become consecutive row blocks of the model's qkv_proj (one GEMM)."""
     c = config
     nh, nkv, d, h = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
-    shapes = {"q_proj.weight": (2 * nh * d, h), "k_proj.weight": (nkv * d, h), "v_proj.weight": (nkv * d, h),
-              "o_proj.weight": (h, nh * d), "q_norm.weight": (d,), "k_norm.weight": (d,)}
-    return {f"{src}{name}": Placement(f"{dst}{name}", shape) for name, shape in shapes.items()}
+    out = {}
+    start = 0
+    for name, rows in (("q_proj", 2 * nh * d), ("k_proj", nkv * d), ("v_proj", nkv * d)):
+        out[f"{src}{name}.weight"] = Placement(f"{dst}qkv_proj.weight", (rows, h), (slice(start, start + rows),))
+        start += rows
+    shapes = {"o_proj.weight": (h, nh * d), "q_norm.weight": (d,), "k_norm.weight": (d,)}
+    out.update({f"{src}{name}": Placement(f"{dst}{name}", shape) for name, shape in shapes.items()})
+    return out
 
 
 def _swiglu(src: str, dst: str, hidden: int, inter: int) -> dict[str, Placement]:
