@@ -150,6 +150,7 @@ class RmsNormRopeConfig:
     block: RowBlock
 
 
+@functools.cache
 def rms_norm_config(
     dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype, residual_dtype: torch.dtype | None, *,
     zero_centered: bool,
@@ -163,6 +164,7 @@ def rms_norm_config(
     )
 
 
+@functools.cache
 def gated_rms_norm_config(
     dim: int, heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, weight_dtype: torch.dtype
 ) -> GatedRmsNormConfig:
@@ -174,6 +176,7 @@ def gated_rms_norm_config(
     )
 
 
+@functools.cache
 def rms_norm_rope_config(
     dim: int, rotary_dim: int, heads: int, dtype: torch.dtype, weight_dtype: torch.dtype
 ) -> RmsNormRopeConfig:
@@ -185,11 +188,13 @@ def rms_norm_rope_config(
     )
 
 
+@functools.cache
 def silu_mul_config(dim: int, dtype: torch.dtype) -> SiluMulConfig:
     block_tokens, block_cols = silu_mul_tile(dim, dtype.itemsize)
     return SiluMulConfig(dim=dim, dtype=build.TORCH_TO_TL[dtype], block_tokens=block_tokens, block_cols=block_cols)
 
 
+@functools.cache
 def sigmoid_gate_mul_config(dim: int, heads: int, dtype: torch.dtype) -> SigmoidGateMulConfig:
     """The specialisation for [tokens, heads, dim] rows of x and gate (one dtype)."""
     return SigmoidGateMulConfig(dim=dim, dtype=build.TORCH_TO_TL[dtype], block=row_block(dim, dtype.itemsize, heads))
@@ -453,23 +458,38 @@ def _collapsed_stride(shape: tuple[int, ...], strides: tuple[int, ...]) -> int |
 def heads_of(*tensors: torch.Tensor) -> int:
     """How the kernels read rows of [..., D] inputs: 1 when every input's rows are one stride apart,
     else as [tokens, heads, D] with heads = shape[-2] (a head-split slice of a wider projection)."""
-    if tensors[0].dim() < 3 or all(_collapsed_stride(t.shape[:-1], t.stride()[:-1]) is not None for t in tensors):
+    return _heads(tuple((t.shape, t.stride()) for t in tensors))
+
+
+# The layout helpers run for every input of every row-kernel launch (~100 launches per prefill), and a
+# model's layouts are few: cached by shape and strides, they cost a lookup instead of ~10 us of Python.
+@functools.lru_cache(maxsize=4096)
+def _heads(layouts: tuple[tuple[torch.Size, tuple[int, ...]], ...]) -> int:
+    rows_collapse = (_collapsed_stride(shape[:-1], strides[:-1]) is not None for shape, strides in layouts)
+    if len(layouts[0][0]) < 3 or all(rows_collapse):
         return 1
-    return tensors[0].shape[-2]
+    return layouts[0][0][-2]
+
+
+@functools.lru_cache(maxsize=4096)
+def _strides(shape: torch.Size, strides: tuple[int, ...], heads: int) -> tuple[int, int] | None:
+    """(token stride, head stride) of a [..., D] tensor read as [tokens, heads, D], or None when they are
+    not multiples of ROW_ALIGN with unit column stride."""
+    if strides[-1] != 1:
+        return None
+    if heads == 1:
+        token, head = _collapsed_stride(shape[:-1], strides[:-1]), 0
+    else:
+        token, head = _collapsed_stride(shape[:-2], strides[:-2]), strides[-2]
+    if token is None or token % ROW_ALIGN or head % ROW_ALIGN:
+        return None
+    return token, head
 
 
 def _layout(x: torch.Tensor, heads: int) -> tuple[int, int] | None:
     """(token stride, head stride) of x [..., D] read as [tokens, heads, D], or None when the kernels
     cannot read it in place (strides not multiples of ROW_ALIGN, data not 16-byte aligned)."""
-    if x.stride(-1) != 1:
-        return None
-    if heads == 1:
-        token, head = _collapsed_stride(x.shape[:-1], x.stride()[:-1]), 0
-    else:
-        token, head = _collapsed_stride(x.shape[:-2], x.stride()[:-2]), x.stride(-2)
-    if token is None or token % ROW_ALIGN or head % ROW_ALIGN or x.data_ptr() % VECTOR_BYTES:
-        return None
-    return token, head
+    return None if x.data_ptr() % VECTOR_BYTES else _strides(x.shape, x.stride(), heads)
 
 
 def _as_rows(x: torch.Tensor, heads: int) -> tuple[torch.Tensor, int, int]:
