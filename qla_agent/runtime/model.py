@@ -78,14 +78,16 @@ class HybridModel(nn.Module):
         """Empty state of a new session on the model's device."""
         c, dev = self.config, self.device
         n_gdn = len(c.gdn_layers)
+        # One zeroed buffer per kind, unbound into per-layer views: two launches instead of one per layer
+        # (the host's lead before the first prefill kernel); savers copy each view out on its own.
+        recurrent = torch.zeros(
+            n_gdn, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim,
+            dtype=torch.float32, device=dev,
+        )
+        conv = torch.zeros(n_gdn, c.conv_dim, c.linear_conv_kernel_dim - 1, dtype=self.dtype, device=dev)
         return SessionState(
-            recurrent=[
-                torch.zeros(c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim,
-                            dtype=torch.float32, device=dev)
-                for _ in range(n_gdn)
-            ],
-            conv=[torch.zeros(c.conv_dim, c.linear_conv_kernel_dim - 1, dtype=self.dtype, device=dev)
-                  for _ in range(n_gdn)],
+            recurrent=list(recurrent.unbind(0)),
+            conv=list(conv.unbind(0)),
             kv=[KVCache(c.num_key_value_heads, c.head_dim, policy=policy, dtype=self.dtype, device=dev)
                 for _ in c.attention_layers],
             n_tokens=0,
