@@ -131,7 +131,11 @@ class HybridModel(nn.Module):
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
             if layer.kind == "linear_attention":
-                return layer.linear_attn.prefill(h, state.recurrent[s], state.conv[s])
+                # The layer returns the states after its tokens as new tensors: swapped in, not copied back.
+                out, state.recurrent[s], state.conv[s] = layer.linear_attn.prefill(
+                    h, state.recurrent[s], state.conv[s]
+                )
+                return out
             return layer.self_attn.prefill(h, state.kv[s], cos_sin)
 
         delta, residual = self._layers(self.embed_tokens(ids), mixer)

@@ -58,19 +58,18 @@ class GatedDeltaNet(nn.Module):
         """o, z [T, nv, dv] -> [T, H]."""
         return self.out_proj(self.norm(o, z).flatten(-2))
 
-    def prefill(self, x: Tensor, recurrent: Tensor, conv: Tensor) -> Tensor:
-        """x [T, H] -> [T, H]; recurrent [nv, dk, dv] fp32 and conv [conv_dim, W-1] updated in place."""
+    def prefill(self, x: Tensor, recurrent: Tensor, conv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [T, H] with the states before it, recurrent [nv, dk, dv] fp32 and conv [conv_dim, W-1]
+        -> ([T, H], the states after it): new tensors, the inputs are left as they were (no copy back)."""
         qkv, z, b, a = self._project(x, separate=True)
         u, conv_out = kernels.causal_conv1d(qkv[None], self.conv_weight, conv_state=conv[None])
-        conv.copy_(conv_out[0])
         q, k, v = self._heads(u[0])
         o, final = kernels.gdn_prefill(
             q[None], k[None], v[None], a[None], b[None],
             scale=self.scale, initial_state=recurrent[None], output_final_state=True,
             use_qk_l2norm=True, A_log=self.A_log, dt_bias=self.dt_bias,
         )
-        recurrent.copy_(final[0])
-        return self._output(o[0], z)
+        return self._output(o[0], z), final[0], conv_out[0]
 
     def decode(self, x: Tensor, recurrent_pool: Tensor, conv_pool: Tensor, slots: Tensor) -> Tensor:
         """One token for each of N sessions: x [N, H] -> [N, H].
