@@ -126,7 +126,7 @@ class HybridModel(nn.Module):
         or [T, vocab] when all_logits."""
         ids = self._check_ids(input_ids, "prefill")
         n = ids.shape[0]
-        cos_sin = self.rope.cos_sin(torch.arange(state.n_tokens, state.n_tokens + n, device=self.device), self.dtype)
+        rope: list[tuple[Tensor, Tensor]] = []
 
         def mixer(i: int, layer: DecoderLayer, h: Tensor) -> Tensor:
             s = self._slot[i]
@@ -136,7 +136,13 @@ class HybridModel(nn.Module):
                     h, state.recurrent[s], state.conv[s]
                 )
                 return out
-            return layer.self_attn.prefill(h, state.kv[s], cos_sin)
+            if not rope:
+                # At the first attention layer, not up front: the GPU starts on the embedding and the first
+                # GDN layer while the host computes these (its lead before the first kernel is the prefill's
+                # only idle GPU time).
+                positions = torch.arange(state.n_tokens, state.n_tokens + n, device=self.device)
+                rope.append(self.rope.cos_sin(positions, self.dtype))
+            return layer.self_attn.prefill(h, state.kv[s], rope[0])
 
         delta, residual = self._layers(self.embed_tokens(ids), mixer)
         state.n_tokens += n
