@@ -21,7 +21,6 @@ from benchmarks.kernels import SHAPES, VARIANT_SHAPES, VARIANTS  # noqa: E402
 from benchmarks.kernels_conv import CONV_SHAPES  # noqa: E402
 from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS  # noqa: E402
 from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
-from benchmarks.prep_designs import prep_designs_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import context_parts, prefill_configs, warmup_config  # noqa: E402
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
@@ -75,16 +74,14 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     pairs = []
     for call, seqlen in calls:
         pairs += _scan_pairs(call, seqlen, common)
-    # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan), every design.
+    # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [
         (chunk_prep.program, chunk_prep.PrepConfig(
             key_heads=c.hk, value_heads=c.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
-            raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=len(c.lens) > 1, scale=128**-0.5, design=design,
+            raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=len(c.lens) > 1, scale=128**-0.5,
         ))
         for c in PREP_CASES
-        for design in chunk_prep.DESIGNS
     ]
-    pairs += [(chunk_prep.program, config) for config in prep_designs_configs()]
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
             for name in variants:

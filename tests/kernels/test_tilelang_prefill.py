@@ -307,11 +307,10 @@ PREP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("design", ["chain", "phased"])
 @pytest.mark.parametrize("case", PREP_CASES, ids=[c.id for c in PREP_CASES])
-def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
-    """tmat, pmat and vecs of every chunk (strided inputs) against their fp64 definitions, for each design
-    of the kernel (chunk_prep.DESIGNS); spare slots untouched."""
+def test_chunk_prep_matches_definitions(case: PrepCase) -> None:
+    """tmat, pmat and vecs of every chunk (strided inputs) against their fp64 definitions; spare slots
+    untouched."""
     from qla_agent.kernels.tilelang import build, chunk_prep
     from tests.kernels.test_chunk_prep_algebra import prep_expected
 
@@ -337,7 +336,7 @@ def test_chunk_prep_matches_definitions(case: PrepCase, design: str) -> None:
     cu = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
     cfg = chunk_prep.PrepConfig(
         key_heads=case.hk, value_heads=case.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
-        raw_gates=case.raw_gates, l2norm=case.l2norm, varlen=varlen, scale=128**-0.5, design=design,
+        raw_gates=case.raw_gates, l2norm=case.l2norm, varlen=varlen, scale=128**-0.5,
     )
     kernel = build.compiled(chunk_prep.program, cfg, build.device_arch(device))
     chunks = sum(-(-n // 64) for n in case.lens)

@@ -9,31 +9,24 @@ All chunks are independent. Per chunk and value head it writes, for the sequenti
 
 with kn = rk * k, qn = rq * q (rk, rq the L2-norm factors, 1 without use_qk_l2norm) and gamma the
 in-chunk cumsum of the log decays. Rows past the end of a sequence get g = beta = 0 and zero q, k,
-which makes them inert: their T, P and vector entries are exactly 0. The triangular inverse is
-blocked: D = the inverses of the 16x16 diagonal blocks of I + L, by forward substitution on CUDA cores
-(one column per thread), the rest on fp16 tensor cores (fp32 accumulation).
+which makes them inert: their T, P and vector entries are exactly 0.
 
 Inputs are read in place: q and k with a runtime token stride, ROW_ALIGN x a scalar argument (so 16-byte
 vector loads stay provably aligned), g and beta with any token stride; the model's column slices of its
 conv output and gate projection need no copies.
 
 One CTA (128 threads) per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
-the loads, norms, K K^T and Q K^T are done once per key head; all global loads are issued first. Two
-designs of the per-value-head work (`PrepConfig.design`; tests/kernels/test_chunk_prep_algebra.py
-replays both inverses in fp64 and with the kernels' fp16 roundings):
-
-    "chain"   (default) Q K^T and K K^T are scaled once per key head by the norms (|k|^2 read off
-              K K^T's diagonal), scale and the causal masks. Per value head one exp2 per element serves
-              P and L, read from those fragments (with Hv > Hk they wait in shared memory between
-              value heads, Q K^T in the output dtype). Then with N = D L_off (N^4 = 0)
-              (I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D: four GEMMs in which every warp owns 16
-              whole rows, so N, N^2 and I - N + N^2 (kept negated: the fp16 casts need no negation)
-              stay in registers as left operands; only N goes to shared memory, over L_off, as the
-              right operand of N^2 and N^3. Five barriers per value head.
-    "phased"  the kernel measured in benchmarks/NOTES.md runs 6-7: L rebuilt from K K^T in shared
-              memory, (I + L)^-1 = D (I + M)^-1, M = L_off D, (I + M)^-1 = (I - M)(I + M^2), as
-              Y + Y M^2 with Y = D - D M: four GEMMs in three phases through shared memory; P in a pass
-              of its own. Seven barriers per value head.
+the loads, norms, Q K^T and K K^T are done once per key head; all global loads are issued first. Q K^T
+and K K^T are then scaled once per key head by the norms (|k|^2 read off K K^T's diagonal), scale and
+the causal masks. Per value head one exp2 per element serves P and L, read from those fragments (with
+Hv > Hk they wait in shared memory between value heads, Q K^T in the output dtype). The triangular
+inverse is blocked: D = the inverses of the 16x16 diagonal blocks of I + L, by forward substitution on
+CUDA cores (one column per thread); then with N = D L_off (N^4 = 0)
+(I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D on fp16 tensor cores (fp32 accumulation): four GEMMs
+in which every warp owns 16 whole rows, so N, N^2 and I - N + N^2 (kept negated: the fp16 casts need
+no negation) stay in registers as left operands; only N goes to shared memory, over L_off, as the
+right operand of N^2 and N^3. Five barriers per value head. tests/kernels/test_chunk_prep_algebra.py
+replays the inverse in fp64 and with the kernel's fp16 roundings.
 """
 
 from dataclasses import dataclass
@@ -46,12 +39,11 @@ CHUNK = 64
 LOG2E = 1.4426950408889634
 # CTAs per SM the kernel asks registers for (ptxas caps them at 65536 / (128 x this)).
 MIN_BLOCKS = 4
-DESIGNS = ("chain", "phased")
 # blocks_s row length: a diagonal 16x16 block of L is 256 floats; 4 more put the next block 4 banks on,
 # so the two blocks a warp reads in the forward substitution use different banks.
 BLOCK_STRIDE = 16 * 16 + 4
 # 2^x with subnormals flushed to zero, one MUFU.EX2 (exp2f without fast math adds a range test and two
-# scalings per call for subnormal results; a decay below 2^-126 is 0 here). "chain" only.
+# scalings per call for subnormal results; a decay below 2^-126 is 0 here).
 EX2_PRELUDE = (
     '__device__ __forceinline__ float qla_ex2(float x) '
     '{ float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }\n'
@@ -71,7 +63,6 @@ class PrepConfig:
     l2norm: bool
     varlen: bool
     scale: float
-    design: str = "chain"  # one of DESIGNS
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):
@@ -106,10 +97,9 @@ def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
         span[1] = (bc // per_seq) * seq_len + seq_len
 
 
-def _kernel(cfg: PrepConfig, body, prelude: str | None = None):
-    """The prim_func: grid (chunk slots, key heads), 128 threads; finds the chunk's token range, then runs
-    `body` on it. A slot past the last chunk of a varlen batch exits. `prelude`: CUDA source put before
-    the kernel."""
+def _kernel(cfg: PrepConfig, body):
+    """The prim_func: grid (chunk slots, key heads), 128 threads, EX2_PRELUDE before the kernel; finds the
+    chunk's token range, then runs `body` on it. A slot past the last chunk of a varlen batch exits."""
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
     ntok = T.dynamic("ntok")
@@ -135,7 +125,7 @@ def _kernel(cfg: PrepConfig, body, prelude: str | None = None):
         g_stride: sg,
         beta_stride: sb,
     ):
-        with T.Kernel(nchunk, Hk, threads=128, prelude=prelude) as (bc, bh):
+        with T.Kernel(nchunk, Hk, threads=128, prelude=EX2_PRELUDE) as (bc, bh):
             T.annotate_min_blocks_per_sm(MIN_BLOCKS)
             tx = T.get_thread_binding()
             span = T.alloc_local((3,), "int32")
@@ -146,11 +136,11 @@ def _kernel(cfg: PrepConfig, body, prelude: str | None = None):
     return chunk_prep
 
 
-def _staged_inputs(cfg: PrepConfig, k_norms: bool = True):
+def _staged_inputs(cfg: PrepConfig):
     """The macro that stages a chunk's inputs in shared memory: every global load first (q, k, gates and
-    their parameters), then gates and L2 norms from registers, then the gates' in-chunk cumsum.
+    their parameters), then gates and q's L2 norms from registers, then the gates' in-chunk cumsum.
     Returns (k_s, q_s [64, 128] in the input dtype; gam_s, b_s [G, 64], rk_s, rq_s [64] fp32).
-    k_norms False (with use_qk_l2norm): rk_s is left to the caller, which reads |k|^2 off K K^T."""
+    With use_qk_l2norm rk_s is left to the caller, which reads |k|^2 off K K^T."""
     dt, f32 = cfg.dtype, "float32"
     G, C = cfg.value_heads // cfg.key_heads, CHUNK
     # Gate rows per thread (G x 64 gates over 128 threads) and q/k rows per thread (16 lanes a row).
@@ -172,7 +162,6 @@ def _staged_inputs(cfg: PrepConfig, k_norms: bool = True):
         xb = T.alloc_local((gate_steps,), f32)
         xdt = T.alloc_local((gate_steps,), f32)
         xa = T.alloc_local((gate_steps,), f32)
-        ssk = T.alloc_local((1,), f32)
         ssq = T.alloc_local((1,), f32)
         c0 = (tx % 16) * 8
         for i in T.unroll(row_steps):
@@ -207,23 +196,11 @@ def _staged_inputs(cfg: PrepConfig, k_norms: bool = True):
                 k_s[i * 8 + tx // 16, c0 + j] = xk[i, j]
             for j in T.vectorized(8):
                 q_s[i * 8 + tx // 16, c0 + j] = xq[i, j]
-            if cfg.l2norm and k_norms:
-                ssk[0] = 0.0
+            if cfg.l2norm:
                 ssq[0] = 0.0
                 for j in T.unroll(8):
-                    ssk[0] = ssk[0] + T.cast(xk[i, j], f32) * T.cast(xk[i, j], f32)
                     ssq[0] = ssq[0] + T.cast(xq[i, j], f32) * T.cast(xq[i, j], f32)
                 # The 16 lanes holding one row reduce by xor shuffles (offsets < 16 stay in the group).
-                for s in T.unroll(4):
-                    ssk[0] = ssk[0] + T.shfl_xor(ssk[0], 8 >> s)
-                    ssq[0] = ssq[0] + T.shfl_xor(ssq[0], 8 >> s)
-                if tx % 16 == 0:
-                    rk_s[i * 8 + tx // 16] = T.rsqrt(ssk[0] + 1e-6)
-                    rq_s[i * 8 + tx // 16] = T.rsqrt(ssq[0] + 1e-6)
-            elif cfg.l2norm:
-                ssq[0] = 0.0
-                for j in T.unroll(8):
-                    ssq[0] = ssq[0] + T.cast(xq[i, j], f32) * T.cast(xq[i, j], f32)
                 for s in T.unroll(4):
                     ssq[0] = ssq[0] + T.shfl_xor(ssq[0], 8 >> s)
                 if tx % 16 == 0:
@@ -251,102 +228,13 @@ def _store_vectors(cfg: PrepConfig, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos):
         vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
 
 
-def _phased_body(cfg: PrepConfig):
-    """The "phased" design's per-CTA body (module docstring)."""
+def _body(cfg: PrepConfig):
+    """The per-CTA body (module docstring)."""
     dt, f32, f16 = cfg.dtype, "float32", "float16"
     C = CHUNK
     G = cfg.value_heads // cfg.key_heads
     scale = float(cfg.scale)
     staged_inputs = _staged_inputs(cfg)
-
-    @T.macro
-    def scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk):
-        """P of every value head from one QK^T (the gates differ, the scores do not), stored from registers."""
-        for v in T.serial(G):
-            for r, c in T.Parallel(C, C):
-                decay = T.exp2(T.min(gam_s[v, r] - gam_s[v, c], 0.0) * LOG2E)
-                pval = scale * qk[r, c] * rq_s[r] * rk_s[c] * decay
-                pmat[bc, hk * G + v, r, c] = T.cast(T.if_then_else(c <= r, pval, 0.0), dt)
-
-    @T.macro
-    def inverse(kk_src, gam_s, b_s, rk_s, v, tx, blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs):
-        """acc2 = X = (I + L)^-1 of the group's v-th value head (T = X diag(beta))."""
-        for r, c in T.Parallel(C, C):
-            decay = T.exp2(T.min(gam_s[v, r] - gam_s[v, c], 0.0) * LOG2E)
-            lval = T.if_then_else(c < r, b_s[v, r] * kk_src[r, c] * rk_s[r] * rk_s[c] * decay, 0.0)
-            lo_s[r, c] = T.cast(T.if_then_else(r // 16 > c // 16, lval, 0.0), f16)
-            d_s[r, c] = T.cast(0, f16)
-            if r // 16 == c // 16:
-                blocks_s[r // 16, r % 16, c % 16] = lval
-        # D: the four 16x16 unit-lower diagonal blocks inverted, one column per thread.
-        if tx < C:
-            for i in T.unroll(16):
-                xs[i] = T.if_then_else(i == tx % 16, 1.0, 0.0)
-                for j in T.unroll(16):
-                    if j < i:
-                        xs[i] = xs[i] - blocks_s[tx // 16, i, j] * xs[j]
-            for i in T.unroll(16):
-                d_s[tx // 16 * 16 + i, tx // 16 * 16 + tx % 16] = T.cast(xs[i], f16)
-        # M = L_off D (M^4 = 0); (I + L)^-1 = D (I - M)(I + M^2) = Y + Y M^2 with Y = D (I - M).
-        # Each write phase reads only fragments: one barrier after each GEMM, none inside.
-        # m_s holds M, then M^2; z_s holds I - M, then Y (four buffers keep four CTAs on an SM).
-        T.gemm(lo_s, d_s, acc, clear_accum=True)
-        for r, c in T.Parallel(C, C):
-            m_s[r, c] = T.cast(acc[r, c], f16)
-            z_s[r, c] = T.cast(T.if_then_else(r == c, 1.0, 0.0) - acc[r, c], f16)
-        T.gemm(m_s, m_s, acc, clear_accum=True)
-        T.gemm(d_s, z_s, acc2, clear_accum=True)
-        for r, c in T.Parallel(C, C):
-            m_s[r, c] = T.cast(acc[r, c], f16)
-            z_s[r, c] = T.cast(acc2[r, c], f16)
-        T.gemm(z_s, m_s, acc2)
-
-    @T.macro
-    def value_head(kk_src, v, h, gam_s, b_s, rk_s, tx, inner, tmat, bc):
-        """tmat[bc, h] = T = X diag(beta) of the group's v-th value head h, stored from registers."""
-        inverse(kk_src, gam_s, b_s, rk_s, v, tx, *inner)
-        for r, c in T.Parallel(C, C):
-            tmat[bc, h, r, c] = T.cast(inner[6][r, c] * b_s[v, c], dt)
-
-    @T.macro
-    def grouped_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
-        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx)
-        # Diagonal 16x16 blocks of L, rows padded to 17 so the two blocks a warp reads use different banks.
-        blocks_s = T.alloc_shared((4, 16, 17), f32)
-        lo_s = T.alloc_shared((C, C), f16)
-        d_s = T.alloc_shared((C, C), f16)
-        m_s = T.alloc_shared((C, C), f16)
-        z_s = T.alloc_shared((C, C), f16)
-        qk = T.alloc_fragment((C, C), f32)
-        kk = T.alloc_fragment((C, C), f32)
-        acc = T.alloc_fragment((C, C), f32)
-        acc2 = T.alloc_fragment((C, C), f32)
-        xs = T.alloc_local((16,), f32)
-
-        T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
-        scores(qk, gam_s, rk_s, rq_s, pmat, bc, hk)
-        T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
-        inner = (blocks_s, lo_s, d_s, m_s, z_s, acc, acc2, xs)
-        if G == 1:
-            value_head(kk, 0, hk, gam_s, b_s, rk_s, tx, inner, tmat, bc)
-        else:
-            # K K^T waits in shared memory while the group's value heads take turns with the registers.
-            kk_s = T.alloc_shared((C, C), f32)
-            T.copy(kk, kk_s)
-            for v in T.serial(G):
-                value_head(kk_s, v, hk * G + v, gam_s, b_s, rk_s, tx, inner, tmat, bc)
-        _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
-
-    return grouped_body
-
-
-def _chain_body(cfg: PrepConfig):
-    """The "chain" design's per-CTA body (module docstring)."""
-    dt, f32, f16 = cfg.dtype, "float32", "float16"
-    C = CHUNK
-    G = cfg.value_heads // cfg.key_heads
-    scale = float(cfg.scale)
-    staged_inputs = _staged_inputs(cfg, k_norms=False)
     full_row = T.GemmWarpPolicy.FullRow
 
     @T.macro
@@ -422,7 +310,7 @@ def _chain_body(cfg: PrepConfig):
         T.gemm(af, d_s, acc2, clear_accum=True, policy=full_row)
 
     @T.macro
-    def chain_body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
+    def body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
         k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx)
         blocks_s = T.alloc_shared((4, BLOCK_STRIDE), f32)
         lo_s = T.alloc_shared((C, C), f16)
@@ -465,13 +353,9 @@ def _chain_body(cfg: PrepConfig):
             T.copy(tf, tmat[bc, hk * G + v, :, :])
         _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
 
-    return chain_body
+    return body
 
 
 def program(cfg: PrepConfig):
     """The prim_func for `cfg`: one CTA per (chunk, key head) computes every value head of its group."""
-    if cfg.design not in DESIGNS:
-        raise ValueError(f"PrepConfig.design {cfg.design!r}: must be one of {DESIGNS}")
-    if cfg.design == "phased":
-        return _kernel(cfg, _phased_body(cfg))
-    return _kernel(cfg, _chain_body(cfg), prelude=EX2_PRELUDE)
+    return _kernel(cfg, _body(cfg))
