@@ -169,14 +169,14 @@ def norm_runners(shape: NormShape) -> dict[str, Callable[[int], object]]:
     """name -> fn(i) for ours, ours with LDG/STG lowering and the reference, rotating over input sets
     that together exceed the L2."""
     from qla_agent.kernels import reference_norms
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     count = max(2, -(-ROTATE_BYTES // shape.moved_bytes))
     sets = [_input_set(shape, gen) for _ in range(count)]
 
     def ours(i: int) -> object:
-        return _call(norms, shape, sets[i % count])
+        return _call(row_launch, shape, sets[i % count])
 
     return {
         "ours": ours,

@@ -59,7 +59,7 @@ def assert_within_one_ulp(ref: torch.Tensor, out: torch.Tensor, ulps: int = 1) -
 @pytest.mark.parametrize("rows", ROWS, ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype) -> None:
-    from qla_agent.kernels.tilelang.norms import rms_norm
+    from qla_agent.kernels.tilelang.row_launch import rms_norm
 
     x, w = _randn(rows, dim, dtype=dtype, seed=rows, scale=3.0), _randn(dim, dtype=dtype, seed=dim, scale=0.2)
     _poison_allocator()
@@ -70,7 +70,7 @@ def test_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype) -> 
 
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_plain_rms_norm_matches_reference(weight_dtype: torch.dtype) -> None:
-    from qla_agent.kernels.tilelang.norms import rms_norm
+    from qla_agent.kernels.tilelang.row_launch import rms_norm
 
     x, w = _randn(1000, 2048, seed=1), _randn(2048, dtype=weight_dtype, seed=2)
     _poison_allocator()
@@ -82,7 +82,7 @@ def test_plain_rms_norm_matches_reference(weight_dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_head_norms_on_projection_slices(rows: int, dtype: torch.dtype) -> None:
     """Attention q/k norms (head_dim 256): q sliced out of [T, 8, 2 * 256] (q and its gate per head), k [T, 2, 256]."""
-    from qla_agent.kernels.tilelang.norms import rms_norm
+    from qla_agent.kernels.tilelang.row_launch import rms_norm
 
     q = _randn(rows, 8, 512, dtype=dtype, seed=3)[..., :256]
     k = _randn(rows, 2, 256, dtype=dtype, seed=4)
@@ -98,7 +98,7 @@ def test_head_norms_on_projection_slices(rows: int, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("residual_fp32", [False, True], ids=["residual_same", "residual_fp32"])
 def test_add_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype, residual_fp32: bool) -> None:
-    from qla_agent.kernels.tilelang.norms import add_rms_norm
+    from qla_agent.kernels.tilelang.row_launch import add_rms_norm
 
     x = _randn(rows, dim, dtype=dtype, seed=rows)
     residual = _randn(rows, dim, dtype=torch.float32 if residual_fp32 else dtype, seed=rows + 1, scale=4.0)
@@ -116,7 +116,7 @@ def test_add_rms_norm_matches_reference(dim: int, rows: int, dtype: torch.dtype,
 def test_gated_rms_norm_matches_reference(rows: int, dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
     """The GDN output norm of the 0.8B model: x [T, 16, 128] and z the columns 6144:8192 of the
     [T, 8224] input projection, read as [T, 16, 128] without a copy."""
-    from qla_agent.kernels.tilelang.norms import gated_rms_norm
+    from qla_agent.kernels.tilelang.row_launch import gated_rms_norm
 
     x = _randn(rows, 16, 128, dtype=dtype, seed=rows)
     z = _randn(rows, 8224, dtype=dtype, seed=rows + 1, scale=2.0)[:, 6144:8192].view(rows, 16, 128)
@@ -135,7 +135,7 @@ def test_gated_rms_norm_matches_reference(rows: int, dtype: torch.dtype, weight_
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "gate_up"])
 def test_silu_mul_matches_reference(dim: int, rows: int, dtype: torch.dtype, fused: bool) -> None:
-    from qla_agent.kernels.tilelang.norms import silu_mul
+    from qla_agent.kernels.tilelang.row_launch import silu_mul
 
     gate_up = _randn(rows, 2 * dim, dtype=dtype, seed=rows, scale=3.0)
     gate, up = gate_up[:, :dim], gate_up[:, dim:]
@@ -184,7 +184,7 @@ def assert_rope_close(
 def test_rms_norm_rope_matches_reference(rows: int, dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
     """The 0.8B attention q/k norm + RoPE (R = 64 of 256): q sliced out of [T, 8, 2 * 256] (per head
     [query | gate]) and k [T, 2, 256], read in place; y compact."""
-    from qla_agent.kernels.tilelang.norms import rms_norm_rope
+    from qla_agent.kernels.tilelang.row_launch import rms_norm_rope
 
     q = _randn(rows, 8, 512, dtype=dtype, seed=rows, scale=3.0)[..., :256]
     k = _randn(rows, 2, 256, dtype=dtype, seed=rows + 1, scale=3.0)
@@ -200,7 +200,7 @@ def test_rms_norm_rope_matches_reference(rows: int, dtype: torch.dtype, weight_d
 
 def test_rms_norm_rope_full_rotation_in_fp32() -> None:
     """R = D (every dim rotated, no pass-through loop), fp32 rows of 128, one head."""
-    from qla_agent.kernels.tilelang.norms import rms_norm_rope
+    from qla_agent.kernels.tilelang.row_launch import rms_norm_rope
 
     x, w = _randn(63, 1, 128, dtype=torch.float32, seed=30), _randn(128, dtype=torch.float32, seed=31, scale=0.2)
     cos, sin = _cos_sin(63, torch.float32, rotary_dim=128)
@@ -221,7 +221,7 @@ def _attention_output(rows: int, layout: str, dtype: torch.dtype, seed: int) -> 
 def test_sigmoid_gate_mul_matches_reference(rows: int, dtype: torch.dtype, layout: str) -> None:
     """The gated attention output of the 0.8B model: x [T, 8, 256] in either layout, times sigmoid of the
     gate columns of the [T, 8 * 2 * 256] q projection (per head [query | gate]), both read in place."""
-    from qla_agent.kernels.tilelang.norms import sigmoid_gate_mul
+    from qla_agent.kernels.tilelang.row_launch import sigmoid_gate_mul
 
     x = _attention_output(rows, layout, dtype, seed=rows)
     gate = _randn(rows, 8, 512, dtype=dtype, seed=rows + 1, scale=4.0)[..., 256:]
@@ -235,16 +235,16 @@ def test_sigmoid_gate_mul_matches_reference(rows: int, dtype: torch.dtype, layou
 def test_sigmoid_gate_mul_reads_the_sdpa_output_in_place() -> None:
     """The runtime's prefill attention (causal, 8 q / 2 kv heads of 256, q passed as q.transpose(0, 1)[None]):
     the layout SDPA returns is read without a copy."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     q, keys, values = _randn(1000, 8, 256, seed=20), _randn(2, 1000, 256, seed=21), _randn(2, 1000, 256, seed=22)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], keys[None], values[None], is_causal=True, scale=256**-0.5, enable_gqa=True
     )[0].transpose(0, 1)
     gate = _randn(1000, 8, 512, seed=23)[..., 256:]
-    rows, *_ = norms._as_rows(out, norms.heads_of(out, gate))
+    rows, *_ = row_launch._as_rows(out, row_launch.heads_of(out, gate))
     assert rows.data_ptr() == out.data_ptr(), f"SDPA output strides {out.stride()} are copied"
-    assert_within_one_ulp(reference_norms.sigmoid_gate_mul(out, gate), norms.sigmoid_gate_mul(out, gate))
+    assert_within_one_ulp(reference_norms.sigmoid_gate_mul(out, gate), row_launch.sigmoid_gate_mul(out, gate))
 
 
 def test_public_entry_points_take_the_kernels() -> None:
@@ -272,7 +272,7 @@ def test_public_entry_points_take_the_kernels() -> None:
 def test_kernels_replay_in_a_cuda_graph() -> None:
     """No host syncs: a captured add_rms_norm + gated norm + silu_mul + sigmoid-gate-mul + q norm-and-RoPE
     (strided inputs) replays on new input values."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     x, residual, w = _randn(300, 1024, seed=10), _randn(300, 1024, seed=11), _randn(1024, seed=12)
     core, z, head_w = _randn(300, 16, 128, seed=13), _randn(300, 16, 128, seed=14), _randn(128, seed=15)
@@ -280,10 +280,10 @@ def test_kernels_replay_in_a_cuda_graph() -> None:
     cos, sin = _cos_sin(300, torch.bfloat16)
 
     def step() -> tuple[torch.Tensor, ...]:
-        y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
-        gated = norms.sigmoid_gate_mul(attended, projection[..., 256:])
-        rotated = norms.rms_norm_rope(projection[..., :256], w[:256], cos, sin, eps=EPS)
-        return y, s, norms.gated_rms_norm(core, z, head_w, eps=EPS), norms.silu_mul(y, s), gated, rotated
+        y, s = row_launch.add_rms_norm(x, residual, w, eps=EPS)
+        gated = row_launch.sigmoid_gate_mul(attended, projection[..., 256:])
+        rotated = row_launch.rms_norm_rope(projection[..., :256], w[:256], cos, sin, eps=EPS)
+        return y, s, row_launch.gated_rms_norm(core, z, head_w, eps=EPS), row_launch.silu_mul(y, s), gated, rotated
 
     step()
     torch.cuda.synchronize()

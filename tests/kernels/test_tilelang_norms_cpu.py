@@ -26,7 +26,7 @@ EPS = 1e-6
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "gate_up"])
 def test_silu_mul_program_matches_reference(c_kernels_scalar, rows: int, fused: bool) -> None:
     """I = 96 (a 32-column block); with gate_up the halves of one [T, 2I] tensor are read in place."""
-    from qla_agent.kernels.tilelang.norms import silu_mul
+    from qla_agent.kernels.tilelang.row_launch import silu_mul
 
     gen = torch.Generator().manual_seed(rows)
     gate_up = torch.randn(rows, 192, generator=gen) * 3
@@ -48,7 +48,7 @@ def _attention_output(rows: int, heads: int, dim: int, layout: str, gen: torch.G
 def test_sigmoid_gate_mul_program_matches_reference(c_kernels_scalar, rows: int, layout: str) -> None:
     """The attention output [T, 8, 32] in either SDPA layout times sigmoid of the gate columns of a
     [T, 8, 2 * 32] q projection, both read in place; y compact."""
-    from qla_agent.kernels.tilelang.norms import sigmoid_gate_mul
+    from qla_agent.kernels.tilelang.row_launch import sigmoid_gate_mul
 
     gen = torch.Generator().manual_seed(rows)
     x = _attention_output(rows, 8, 32, layout, gen)
@@ -65,21 +65,21 @@ def _wide(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
 def test_norm_launchers_match_kernel_signatures(fake_kernels: dict[str, SignatureCheck]) -> None:
     """Hidden-state norms ([T, D]), a q-norm on q sliced out of [T, H, 2 * 256] and the gated norm on z
     sliced out of the GDN projection ([T, 8224] -> [T, 16, 128]): no copies, strides passed through."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     x, residual, w = _wide(7, 1024), _wide(7, 1024), _wide(1024)
-    y, s = norms.add_rms_norm(x, residual, w, eps=EPS)
+    y, s = row_launch.add_rms_norm(x, residual, w, eps=EPS)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == x.data_ptr() and call["s"].data_ptr() == s.data_ptr()
     assert call["y"].data_ptr() == y.data_ptr() and s.shape == y.shape == x.shape
     q = _wide(5, 8, 512)[..., :256]
-    norms.rms_norm(q, _wide(256), eps=EPS, zero_centered=False)
+    row_launch.rms_norm(q, _wide(256), eps=EPS, zero_centered=False)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == q.data_ptr() and call["x_token_stride8"] == 512 // 8
     projection = _wide(9, 8224)
     z = projection[:, 6144:8192].view(9, 16, 128)
     core = _wide(9, 16, 128)
-    out = norms.gated_rms_norm(core, z, _wide(128, dtype=torch.float32), eps=EPS)
+    out = row_launch.gated_rms_norm(core, z, _wide(128, dtype=torch.float32), eps=EPS)
     call = fake_kernels["norms"].calls[-1]
     assert call["z"].data_ptr() == z.data_ptr() and (call["z_token_stride8"], call["z_head_stride8"]) == (1028, 16)
     assert out.shape == core.shape and out.dtype == core.dtype
@@ -87,10 +87,10 @@ def test_norm_launchers_match_kernel_signatures(fake_kernels: dict[str, Signatur
 
 
 def test_silu_mul_launcher_reads_gate_up_halves_in_place(fake_kernels: dict[str, SignatureCheck]) -> None:
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     gate_up = _wide(3, 11, 2 * 3584)
-    out = norms.silu_mul(gate_up[..., :3584], gate_up[..., 3584:])
+    out = row_launch.silu_mul(gate_up[..., :3584], gate_up[..., 3584:])
     call = fake_kernels["norms"].calls[-1]
     assert call["gate"].data_ptr() == gate_up.data_ptr() and call["gate_stride8"] == 2 * 3584 // 8
     assert call["up"].data_ptr() == gate_up[..., 3584:].data_ptr() and out.shape == (3, 11, 3584)
@@ -103,11 +103,11 @@ def test_sigmoid_gate_mul_launcher_reads_attention_and_gate_in_place(
     """The 0.8B attention layer (8 heads of 256): the SDPA output and the gate columns of q_proj
     ([T, 8 * 2 * 256], per head [query | gate]) go to the kernel without a copy, strides passed through.
     Gate rows are evenly spaced (512 apart), so with a compact x all rows are one stride apart (heads = 1)."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     x = _attention_output(5, 8, 256, layout, torch.Generator().manual_seed(1)).bfloat16()
     gate = _wide(5, 8 * 2 * 256).view(5, 8, 512)[..., 256:]
-    out = norms.sigmoid_gate_mul(x, gate)
+    out = row_launch.sigmoid_gate_mul(x, gate)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == x.data_ptr() and call["gate"].data_ptr() == gate.data_ptr()
     strides = [call[f"{name}_{axis}_stride8"] * 8 for name in ("x", "gate") for axis in ("token", "head")]
@@ -117,10 +117,10 @@ def test_sigmoid_gate_mul_launcher_reads_attention_and_gate_in_place(
 
 def test_sigmoid_gate_mul_launcher_reads_one_decode_token_as_rows(fake_kernels: dict[str, SignatureCheck]) -> None:
     """One session's decode token: x [1, 8, 256] and its gate collapse to 8 rows one head stride apart."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     x, gate = _wide(1, 8, 256), _wide(1, 8, 512)[..., 256:]
-    norms.sigmoid_gate_mul(x, gate)
+    row_launch.sigmoid_gate_mul(x, gate)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].shape == call["gate"].shape == (8, 1, 256) and call["gate"].data_ptr() == gate.data_ptr()
     assert (call["x_token_stride8"], call["gate_token_stride8"]) == (256 // 8, 512 // 8)
@@ -146,18 +146,18 @@ def _cos_sin(tokens: int, rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_rms_norm_rope_launcher_reads_q_in_place(fake_kernels: dict[str, SignatureCheck]) -> None:
     """The 0.8B q/k norms: q sliced out of q_proj's [T, 8 * 2 * 256] (per head [query | gate]) and k [T, 2, 256]
     go to the kernel without a copy, read per head (cos/sin are per token); y compact."""
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
     cos, sin = _cos_sin(5, 64)
     q = _wide(5, 8 * 2 * 256).view(5, 8, 512)[..., :256]
-    out = norms.rms_norm_rope(q, _wide(256), cos, sin, eps=EPS)
+    out = row_launch.rms_norm_rope(q, _wide(256), cos, sin, eps=EPS)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == q.data_ptr() and call["x"].shape == (5, 8, 256)
     assert (call["x_token_stride8"], call["x_head_stride8"]) == (4096 // 8, 512 // 8)
     assert call["cos"].data_ptr() == cos.data_ptr() and call["sin"].data_ptr() == sin.data_ptr()
     assert call["y"].data_ptr() == out.data_ptr() and out.is_contiguous() and out.shape == q.shape
     k = _wide(5, 2, 256)
-    norms.rms_norm_rope(k, _wide(256), cos, sin, eps=EPS)
+    row_launch.rms_norm_rope(k, _wide(256), cos, sin, eps=EPS)
     call = fake_kernels["norms"].calls[-1]
     assert call["x"].data_ptr() == k.data_ptr() and (call["x_token_stride8"], call["x_head_stride8"]) == (64, 32)
     assert fake_kernels["norms"].prim_func.attrs["global_symbol"] == "rms_norm_rope"
@@ -189,12 +189,12 @@ def test_rope_block_splits_both_parts_into_whole_vectors(dim: int, rotary_dim: i
 
 
 def test_empty_inputs_launch_nothing(fake_kernels: dict[str, SignatureCheck]) -> None:
-    from qla_agent.kernels.tilelang import norms
+    from qla_agent.kernels.tilelang import row_launch
 
-    assert norms.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
-    assert norms.silu_mul(_wide(0, 64), _wide(0, 64)).shape == (0, 64)
-    assert norms.sigmoid_gate_mul(_wide(0, 8, 256), _wide(0, 8, 256)).shape == (0, 8, 256)
-    assert norms.rms_norm_rope(_wide(0, 8, 256), _wide(256), *_cos_sin(0, 64), eps=EPS).shape == (0, 8, 256)
+    assert row_launch.rms_norm(_wide(0, 1024), _wide(1024), eps=EPS).shape == (0, 1024)
+    assert row_launch.silu_mul(_wide(0, 64), _wide(0, 64)).shape == (0, 64)
+    assert row_launch.sigmoid_gate_mul(_wide(0, 8, 256), _wide(0, 8, 256)).shape == (0, 8, 256)
+    assert row_launch.rms_norm_rope(_wide(0, 8, 256), _wide(256), *_cos_sin(0, 64), eps=EPS).shape == (0, 8, 256)
     assert all(not check.calls for check in fake_kernels.values())
 
 
@@ -210,7 +210,7 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("make,heads,strides", LAYOUTS)
 def test_inputs_are_read_in_place(make, heads: int, strides: tuple[int, int]) -> None:
-    from qla_agent.kernels.tilelang.norms import _as_rows, heads_of
+    from qla_agent.kernels.tilelang.row_launch import _as_rows, heads_of
 
     x = make()
     assert heads_of(x) == heads
@@ -228,7 +228,7 @@ COPIED = [
 
 @pytest.mark.parametrize("make", COPIED)
 def test_other_inputs_are_copied(make) -> None:
-    from qla_agent.kernels.tilelang.norms import _as_rows, heads_of
+    from qla_agent.kernels.tilelang.row_launch import _as_rows, heads_of
 
     x = make()
     view, token8, _ = _as_rows(x, heads_of(x))

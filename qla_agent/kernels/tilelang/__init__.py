@@ -11,9 +11,9 @@ import torch
 from qla_agent.kernels.tilelang.build import HEAD_DIM, ROW_ALIGN, VECTOR_BYTES, device_arch
 from qla_agent.kernels.tilelang.conv import causal_conv1d, causal_conv1d_update
 from qla_agent.kernels.tilelang.decode import gdn_decode
-from qla_agent.kernels.tilelang.norms import (
-    MAX_GRID_Y, MAX_VECTORS, add_rms_norm, gated_rms_norm, heads_of, rms_norm, rms_norm_rope, rope_block, row_block,
-    sigmoid_gate_mul, silu_mul, silu_mul_tile,
+from qla_agent.kernels.tilelang.norms import MAX_GRID_Y, MAX_VECTORS, rope_block, row_block, silu_mul_tile
+from qla_agent.kernels.tilelang.row_launch import (
+    add_rms_norm, gated_rms_norm, heads_of, rms_norm, rms_norm_rope, sigmoid_gate_mul, silu_mul,
 )
 from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
