@@ -11,7 +11,8 @@ import torch
 from qla_agent.kernels.tilelang import build
 from qla_agent.kernels.tilelang.build import ROW_ALIGN, VECTOR_BYTES
 from qla_agent.kernels.tilelang.norms import (
-    gated_rms_norm_config, gated_rms_norm_program, rms_norm_config, rms_norm_program, rms_norm_rope_config, rms_norm_rope_program, sigmoid_gate_mul_config, sigmoid_gate_mul_program, silu_mul_config, silu_mul_program,
+    gated_rms_norm_config, gated_rms_norm_program, rms_norm_config, rms_norm_program, rms_norm_rope_config,
+    rms_norm_rope_program, sigmoid_gate_mul_config, sigmoid_gate_mul_program, silu_mul_config, silu_mul_program,
 )
 
 
@@ -142,19 +143,26 @@ def rms_norm_rope(
     return y
 
 
+def _launch_on_rows(
+    program, cfg, x: torch.Tensor, z: torch.Tensor, heads: int, before_y: tuple = (), after_y: tuple = ()
+) -> torch.Tensor:
+    """One launch of `program` over x and z read as [tokens, heads, D] rows, called as kernel(x rows, z rows,
+    *before_y, y rows, *after_y, x strides, z strides) -> y [..., D] compact in x.dtype."""
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    arch, _ = build.device_facts(x.device)
+    (rows, *x_strides), (z_rows, *z_strides) = _as_rows(x, heads), _as_rows(z, heads)
+    build.launcher(program, cfg, arch)(rows, z_rows, *before_y, y.view(rows.shape), *after_y, *x_strides, *z_strides)
+    return y
+
+
 def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, *, eps: float) -> torch.Tensor:
     """Gated RMSNorm on CUDA: x, z [..., D] (z may be a head-split slice of a projection), weight [D]
     -> y [..., D] in x.dtype."""
     heads = heads_of(x, z)
     cfg = gated_rms_norm_config(x.shape[-1], heads, x.dtype, z.dtype, weight.dtype)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y
-    arch, _ = build.device_facts(x.device)
-    kernel = build.launcher(gated_rms_norm_program, cfg, arch)
-    (rows, *x_strides), (gates, *z_strides) = _as_rows(x, heads), _as_rows(z, heads)
-    kernel(rows, gates, _aligned(weight), y.view(rows.shape), float(eps), *x_strides, *z_strides)
-    return y
+    return _launch_on_rows(gated_rms_norm_program, cfg, x, z, heads, (_aligned(weight),), (float(eps),))
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -177,11 +185,4 @@ def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     layout, the gate columns of q_proj) -> y [..., D] contiguous in x.dtype."""
     heads = heads_of(x, gate)
     cfg = sigmoid_gate_mul_config(x.shape[-1], heads, x.dtype)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if y.numel() == 0:
-        return y
-    arch, _ = build.device_facts(x.device)
-    kernel = build.launcher(sigmoid_gate_mul_program, cfg, arch)
-    (rows, *x_strides), (gates, *gate_strides) = _as_rows(x, heads), _as_rows(gate, heads)
-    kernel(rows, gates, y.view(rows.shape), *x_strides, *gate_strides)
-    return y
+    return _launch_on_rows(sigmoid_gate_mul_program, cfg, x, gate, heads)
