@@ -259,3 +259,10 @@ def test_entry_is_the_compiled_kernels_checked_entry() -> None:
         entry(*cpu[:2])
     stand_in = object()
     assert build.entry(stand_in) is stand_in
+
+
+def test_parts_override_must_be_positive(fake_kernels) -> None:
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    with pytest.raises(ValueError, match="positive partition count"):
+        gdn_prefill(**_inputs(None, 1, 4100, 2, 4, raw=False), use_qk_l2norm=True, parts=0)

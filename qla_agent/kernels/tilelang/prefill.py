@@ -177,9 +177,10 @@ def gdn_prefill(
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
     (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
     override the scan tile config, prep_only stops after the first launch (for timing it).
-    Per call this runs two kernels, makes five allocations and views the inputs: q, k, v, g and beta
-    are read through their token strides (`token_rows`, `gate_rows`; only a layout the kernels cannot
-    read is copied); everything else is looked up by the call's signature.
+    Per call this runs two kernels (three with context parallelism), makes five allocations (six) and
+    views the inputs: q, k, v, g and beta are read through their token strides (`token_rows`,
+    `gate_rows`; only a layout the kernels cannot read is copied); everything else is looked up by the
+    call's signature.
 
     context_parallel: a dense call whose B x Hv heads leave SMs idle splits each sequence into
     partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
@@ -201,6 +202,8 @@ def gdn_prefill(
     elif parts is None:
         parts, part_chunks = context_parts(batch, seqlen, hv, build.device_facts(device)[1])
     else:
+        if parts < 1:
+            raise ValueError(f"parts must be a positive partition count, got {parts}")
         part_chunks = -(-chunks // parts)
         parts = -(-chunks // part_chunks)
     key = (
