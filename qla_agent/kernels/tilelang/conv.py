@@ -15,9 +15,10 @@ writes its final state from the window, so the values are exact copies of inputs
 
 The prefill is latency-bound in its SiLU: an IEEE fp32 division is a branchy sequence that ptxas
 does not interleave with the next one. So the denominators of all the thread's channels are computed
-first (independent, interleaved), and the default tile keeps a thread at 4 channels (8-byte vectors of
-bf16) and 64 registers (__launch_bounds__(256, 4)), 32 warps per SM to hide the divisions' latency
-(16-byte vectors: 120 registers, 16 warps). Every tile computes the same values, bit for bit.
+first (independent, interleaved) and divided by a fast reciprocal (`fast_silu`, CUDA only), and the
+default tile keeps a thread at 4 channels (8-byte vectors of bf16) and 64 registers
+(__launch_bounds__(256, 4)), 32 warps per SM to hide the latency (16-byte vectors: 120 registers, 16
+warps). Tiles with the same SiLU division compute the same values, bit for bit.
 
 Update: grid (C / block_c, N). Thread c reads its channel's W-1 state values and the new input,
 writes y and the shifted state (in place: each thread touches only its own channel).
