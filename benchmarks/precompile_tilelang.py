@@ -36,15 +36,17 @@ def _shape_call(s) -> dict:
                 varlen=len(s.lens) > 1, has_h0=s.h0, store_ht=True, num_seqs=len(s.lens))
 
 
-def _scan_pairs(call: dict, seqlen: int, common: dict) -> list:
+def _scan_pairs(call: dict, seqlen: int, common: dict, context_parallel: bool = True, **overrides) -> list:
     """(program, config) pairs of one prefill call of `seqlen` tokens per sequence: prep and scan, and for
-    a call the launcher splits (`context_parts`) also its warm-up and the unsplit scan (context_parallel=False)."""
-    prep, scan = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common)
+    a call the launcher splits (`context_parts`) also its split scan and warm-up; overrides are
+    prefill_configs' tile arguments (block_v, scan_overrides)."""
+    configs = {"gate_dtype": torch.float32, **call, **common, **overrides}
+    prep, scan = prefill_configs(**configs)
     pairs = [(chunk_prep.program, prep), (chunk_scan.program, scan)]
-    if not call["varlen"] and call["l2norm"]:
+    if context_parallel and not call["varlen"] and call["l2norm"]:
         parts, _ = context_parts(call["num_seqs"], seqlen, call["value_heads"], common["sm_count"])
         if parts > 1:
-            split = prefill_configs(**{"gate_dtype": torch.float32, **call}, **common, parts=parts)[1]
+            split = prefill_configs(**configs, parts=parts)[1]
             pairs += [(chunk_scan.program, split), (chunk_scan.program, warmup_config(split, call["has_h0"]))]
     return pairs
 
@@ -85,13 +87,8 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     for s in SHAPES:
         if s.name in VARIANT_SHAPES:
             for name in variants:
-                kwargs = {k: v for k, v in VARIANTS[name].items() if k not in ("prep_only", "context_parallel")}
-                split = VARIANTS[name].get("context_parallel", True) and len(s.lens) == 1
-                parts = context_parts(1, s.lens[0], s.hv, H100_SMS)[0] if split else 1
-                scan = prefill_configs(**_shape_call(s), **common, gate_dtype=torch.float32, parts=parts, **kwargs)[1]
-                pairs.append((chunk_scan.program, scan))
-                if parts > 1:
-                    pairs.append((chunk_scan.program, warmup_config(scan, s.h0)))
+                kwargs = {k: v for k, v in VARIANTS[name].items() if k != "prep_only"}
+                pairs += _scan_pairs(_shape_call(s), s.lens[0], common, **kwargs)
     return list(dict.fromkeys(pairs))
 
 
