@@ -1,7 +1,7 @@
 """Time the GDN prefill (ours vs FLA Triton vs FlashQLA), the conv and the decode step, in one run on one GPU.
 
     source .device/setup.sh && python benchmarks/kernels.py [--ops prefill,append,conv,decode] [--shapes NAME ...]
-        [--impls ours,fla,flashqla] [--variants v1,t128,...] [--decode-variants] [--still-heads F] [--json PATH]
+        [--impls ours,fla,flashqla] [--variants serial,rows,...] [--decode-variants] [--still-heads F] [--json PATH]
 
 --shapes filters every section by substring ("decode", "conv update", "1x16384"). The decode section
 (benchmarks/kernels_decode.py) times ours vs FLA's fused_recurrent, eager and in CUDA graphs
@@ -104,14 +104,21 @@ def input_sets(shape: BenchShape, device: torch.device, still_heads: float = 0.0
 VARIANT_SHAPES = ("1x16384 16/32", "1x16384 16/16", "1x32768 2/8", "1x32768 16/64", "8x2048 16/16 +h0")
 # Named variants of our kernels (gdn_prefill keyword arguments), timed on VARIANT_SHAPES.
 VARIANTS = {
-    "v1": dict(scan_overrides=dict(threads=128, split_k=False)),
-    "v2": dict(scan_overrides=dict(threads=256, split_k=True)),
-    "t128": dict(scan_overrides=dict(threads=128)),
     "bv16": dict(block_v=16),
     "bv32": dict(block_v=32),
     "bv64": dict(block_v=64),
     "prep": dict(prep_only=True),
     "serial": dict(context_parallel=False),
+    # The scan tile by hand: "cols" the column layout at 64 columns (the default before value rows);
+    # value rows at 32/64/128 columns on mma.sync, at 64/128 on wgmma (sm_90a); "_split": a second K tile.
+    "cols": dict(block_v=64, scan_overrides=dict(value_rows=False, wgmma=False, threads=128, split_k=False)),
+    "rows": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=False, split_k=False)),
+    "rows_split": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=False, split_k=True)),
+    "rows32": dict(block_v=32, scan_overrides=dict(value_rows=True, threads=64, wgmma=False, split_k=False)),
+    "rows128": dict(block_v=128, scan_overrides=dict(value_rows=True, threads=256, wgmma=False, split_k=False)),
+    "rows_wg": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=False)),
+    "rows_wg_split": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=True)),
+    "rows128_wg": dict(block_v=128, scan_overrides=dict(value_rows=True, threads=256, wgmma=True, split_k=False)),
 }
 
 

@@ -24,7 +24,9 @@ from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa:
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import context_parts, prefill_configs, warmup_config  # noqa: E402
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
-from tests.kernels.test_tilelang_prefill import CASES, CP_CASES, LAYOUT_CASES, PREP_CASES  # noqa: E402
+from tests.kernels.test_tilelang_prefill import (  # noqa: E402
+    CASES, CP_CASES, LAYOUT_CASES, PREP_CASES, VALUE_ROW_VARIANTS,
+)
 
 logger = logging.getLogger(__name__)
 H100_SMS = 132
@@ -76,6 +78,13 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     pairs = []
     for call, seqlen in calls:
         pairs += _scan_pairs(call, seqlen, common)
+    # test_value_rows_scan_matches_reference: the test cases' calls at each value-rows tile width.
+    for call, seqlen in calls[:len(CASES) + len(CP_CASES)]:
+        for block_v, wgmma, split_k in VALUE_ROW_VARIANTS:
+            if wgmma and arch != "sm_90a":
+                continue
+            rows = dict(value_rows=True, threads=2 * block_v, split_k=split_k, wgmma=wgmma)
+            pairs += _scan_pairs(call, seqlen, common, block_v=block_v, scan_overrides=rows)
     # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [
         (chunk_prep.program, chunk_prep.PrepConfig(

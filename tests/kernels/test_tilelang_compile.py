@@ -23,20 +23,25 @@ ARCHS = [
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prefill_kernels_compile(arch: str) -> None:
     """The prefill kernels (every feature on: varlen, raw gates, l2norm, states; the context-parallel
-    warm-up of a dense call) build for `arch`."""
+    warm-up of a dense call) build for `arch`, the scan in both layouts: value rows for many heads x
+    sequences (wgmma on sm_90a, mma.sync elsewhere), columns for few."""
     from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
     from qla_agent.kernels.tilelang.prefill import prefill_configs, warmup_config
 
-    prep_cfg, scan_cfg = prefill_configs(
-        key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
-        scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True, store_ht=True, num_seqs=64,
-        arch=arch, sm_count=132,
-    )
-    warmup_cfg = warmup_config(dataclasses.replace(scan_cfg, varlen=False), has_h0=True)
-    kernels = ((chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg), (chunk_scan.program, warmup_cfg))
-    for program, config in kernels:
+    kernels = []
+    for num_seqs in (64, 1):
+        prep_cfg, scan_cfg = prefill_configs(
+            key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
+            scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True, store_ht=True,
+            num_seqs=num_seqs, arch=arch, sm_count=132,
+        )
+        assert scan_cfg.value_rows == (num_seqs == 64) and scan_cfg.wgmma == (num_seqs == 64 and arch == "sm_90a")
+        warmup_cfg = warmup_config(dataclasses.replace(scan_cfg, varlen=False), has_h0=True)
+        kernels += [(chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg), (chunk_scan.program, warmup_cfg)]
+    for program, config in dict.fromkeys(kernels):
         kernel = build.compiled(program, config, arch)
-        assert "mma_sync" in kernel.get_kernel_source(), f"{program.__module__} uses no tensor-core mma on {arch}"
+        mma = "wgmma_rs" if getattr(config, "wgmma", False) else "mma_sync"
+        assert mma in kernel.get_kernel_source(), f"{program.__module__} uses no {mma} on {arch}: {config}"
         assert build.launch_smem_bytes(kernel) <= build.SMEM_LIMIT[arch], (
             f"{program.__module__} needs {build.launch_smem_bytes(kernel)} B of shared memory on {arch}"
         )

@@ -155,6 +155,46 @@ def test_prefill_matches_reference(case: PrefillCase) -> None:
         assert ht is None
 
 
+# The scan's value-rows layout (ScanConfig.value_rows) as (block_v, wgmma, split_k): each tile width on
+# mma.sync, the 4- and 8-warp tiles on wgmma (sm_90a), the 64-column tile with a second K tile.
+VALUE_ROW_VARIANTS = [
+    (32, False, False), (64, False, False), (128, False, False), (64, True, False), (128, True, False),
+    (64, False, True), (64, True, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("block_v", "wgmma", "split_k"), VALUE_ROW_VARIANTS,
+    ids=[f"bv{b}{'-wgmma' * w}{'-split' * k}" for b, w, k in VALUE_ROW_VARIANTS],
+)
+@pytest.mark.parametrize("case", CASES + CP_CASES, ids=[c.id for c in CASES + CP_CASES])
+def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmma: bool, split_k: bool) -> None:
+    """The transposed scan (S^T in registers, 16 value columns per warp) against the fp64 reference, the
+    warm-up of context parallelism included, at each of its tile widths."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    from qla_agent.kernels.tilelang import build
+
+    device = torch.device("cuda")
+    if wgmma and build.device_arch(device) != "sm_90a":
+        pytest.skip("wgmma is Hopper's")
+    x = _inputs(case, device, seed=len(case.id))
+    fp64 = {name: t.double() for name, t in x.items() if t.is_floating_point()}
+    ref_o, ref_ht = reference.gdn_chunked(
+        fp64["q"], fp64["k"], fp64["v"], fp64["g"], fp64["beta"], **_kwargs(case, {**x, **fp64})
+    )
+    _poison_allocator(device)
+    overrides = dict(value_rows=True, threads=2 * block_v, split_k=split_k, wgmma=wgmma)
+    o, ht = gdn_prefill(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, block_v=block_v,
+        scan_overrides=overrides, **_kwargs(case, x),
+    )
+    torch.cuda.synchronize()
+    assert rel_err(ref_o, o) <= FALLBACK_BOUND, f"o: rel err {rel_err(ref_o, o):.2e}"
+    if case.store_ht:
+        assert rel_err(ref_ht, ht) <= FALLBACK_BOUND, f"final state: rel err {rel_err(ref_ht, ht):.2e}"
+
+
 @pytest.mark.parametrize("case", CP_CASES, ids=[c.id for c in CP_CASES])
 def test_context_parallel_matches_whole_sequences(case: PrefillCase) -> None:
     """The partitioned scan agrees with the whole-sequence one (different tiles: bf16 rounding apart), also

@@ -92,11 +92,19 @@ def flat_view(x: torch.Tensor, inner_dims: int) -> tuple[torch.Tensor, tuple[int
     return x.as_strided((length,), (1,)), strides[:lead]
 
 
+# A config with `wgmma` set keeps the portable path's TMA and warp-specialisation switches, not its GEMMs.
+HOPPER_PASS_CONFIGS = {**PORTABLE_PASS_CONFIGS, tilelang.PassConfigKey.TL_DISABLE_WGMMA: False}
+
+
 def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> Any:
     """Compile `program(config)` for `arch` (uncached; used by the compile tests)."""
     target = {"kind": "cuda", "arch": arch}
+    wgmma = getattr(config, "wgmma", False)
+    if wgmma and arch != "sm_90a":
+        raise ValueError(f"{type(config).__name__}.wgmma needs sm_90a, not {arch}")
     logger.info("compiling %s for %s: %s", program.__name__, arch, config)
-    return tilelang.compile(program(config), target=target, pass_configs=PORTABLE_PASS_CONFIGS)
+    pass_configs = HOPPER_PASS_CONFIGS if wgmma else PORTABLE_PASS_CONFIGS
+    return tilelang.compile(program(config), target=target, pass_configs=pass_configs)
 
 
 @functools.cache

@@ -10,6 +10,16 @@ chunks in order with the fp32 state slice S [128, block_v] in registers. With T,
     S = lambda S + K^T diag(d) U           d = exp(gamma_C - gamma) rk, lambda = exp(gamma_C)
 
 K S, Q S and K^T (dU) run on tensor cores with S rounded to the input dtype (as FLA does with h).
+
+Two layouts of the same step (`ScanConfig.value_rows`):
+- columns (the first design): S [128, block_v], every GEMM spread over all warps, its operands and
+  results passing through shared memory, a CTA barrier between one GEMM and the next.
+- value rows: the transposed recurrence on S^T [block_v, 128], each warp owning 16 whole rows
+  (value columns) of it. Every product then has the warp's rows as its M dimension (X^T = S^T K^T,
+  U^T = W^T T^T, O^T = (S^T Q^T) diag(o) + U^T P^T, S^T = lambda S^T + (U^T diag(d)) K), so each
+  result stays in the warp's registers and feeds the next product as its A operand (an mma.sync
+  accumulator is laid out as the A operand of the next one): only the loaded tiles K, Q, V, T, P
+  live in shared memory, and the warps share them read-only.
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
 loaded there never reaches S or a stored output. q, k and v are read through their token strides
 (`chunk_prep.strided_rows`).
@@ -55,20 +65,48 @@ class ScanConfig:
     split_k: bool = False
     # The warm-up of context parallelism: partition starting states, no outputs (dense inputs only).
     warmup: bool = False
+    # S^T in registers, 16 value columns per warp (see the module docstring); needs block_v = 16 x warps.
+    value_rows: bool = False
+    # Hopper (sm_90a) only: the value-rows GEMMs as wgmma, A from registers, B read by the warpgroup
+    # from shared memory once (mma.sync reads it once per warp); `build` then leaves WGMMA on.
+    wgmma: bool = False
+
+    def __post_init__(self):
+        if self.wgmma and not (self.value_rows and self.threads % 128 == 0):
+            raise ValueError("wgmma needs value_rows (A operands in registers) on whole warpgroups (128 threads)")
+        if self.value_rows and self.block_v != 16 * (self.threads // 32):
+            raise ValueError(
+                f"value_rows gives each of the {self.threads // 32} warps 16 state columns: block_v must be "
+                f"{16 * (self.threads // 32)}, got {self.block_v}"
+            )
 
 
 def _step_buffers(cfg: ScanConfig) -> dict:
-    """Name -> (dtype, or "fragment" / "local" for fp32 registers; shape) of a chunk step's buffers, in
-    `chunk_step`'s order; None for those the warm-up does not use."""
+    """Name -> (scope "shared" / "fragment" / "local", dtype, shape) of a chunk step's buffers, in the
+    order its step macro unpacks them; None for those the warm-up does not use."""
     dt, f32, C, D, BV = cfg.dtype, "float32", CHUNK, HEAD_DIM, cfg.block_v
-    specs = dict(
-        q_s=(dt, (C, D)), k_s=(dt, (C, D)), k2_s=(dt, (C, D) if cfg.split_k else (1, 8)), v_s=(dt, (C, BV)),
-        t_s=(dt, (C, C)), p_s=(dt, (C, C)), vec_s=(f32, (4, C)), s_s=(dt, (D, BV)), w_s=(dt, (C, BV)),
-        u_s=(dt, (C, BV)), ud_s=(dt, (C, BV)), o_s=(dt, (C, BV)), ks=("fragment", (C, BV)),
-        qs=("fragment", (C, BV)), uf=("fragment", (C, BV)), lam=("local", (1,)),
-    )
+    if cfg.value_rows:
+        # Loaded tiles in shared memory; the warp's rows of every intermediate in registers.
+        specs = dict(
+            q_s=("shared", dt, (C, D)), k_s=("shared", dt, (C, D)),
+            k2_s=("shared", dt, (C, D) if cfg.split_k else (1, 8)), v_s=("shared", dt, (C, BV)), t_s=("shared", dt, (C, C)), p_s=("shared", dt, (C, C)), vec_s=("shared", f32, (4, C)),
+            o_s=("shared", dt, (C, BV)), s_b=("fragment", dt, (BV, D)), x=("fragment", f32, (BV, C)),
+            w=("fragment", dt, (BV, C)), uf=("fragment", f32, (BV, C)), u=("fragment", dt, (BV, C)),
+            ud=("fragment", dt, (BV, C)), y=("fragment", f32, (BV, C)), lam=("local", f32, (1,)),
+        )
+        unused = ("q_s", "p_s", "o_s", "u", "y")
+    else:
+        shared = lambda dtype, shape: ("shared", dtype, shape)  # noqa: E731
+        specs = dict(
+            q_s=shared(dt, (C, D)), k_s=shared(dt, (C, D)), k2_s=shared(dt, (C, D) if cfg.split_k else (1, 8)),
+            v_s=shared(dt, (C, BV)), t_s=shared(dt, (C, C)), p_s=shared(dt, (C, C)), vec_s=shared(f32, (4, C)),
+            s_s=shared(dt, (D, BV)), w_s=shared(dt, (C, BV)), u_s=shared(dt, (C, BV)), ud_s=shared(dt, (C, BV)),
+            o_s=shared(dt, (C, BV)), ks=("fragment", f32, (C, BV)), qs=("fragment", f32, (C, BV)),
+            uf=("fragment", f32, (C, BV)), lam=("local", f32, (1,)),
+        )
+        unused = ("q_s", "p_s", "u_s", "o_s", "qs")
     if cfg.warmup:
-        specs.update(dict.fromkeys(("q_s", "p_s", "u_s", "o_s", "qs")))
+        specs.update(dict.fromkeys(unused))
     return specs
 
 
@@ -78,6 +116,7 @@ def program(cfg: ScanConfig):
     Hk, Hv, D, C, BV = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK, cfg.block_v
     group = Hv // Hk
     outputs = not cfg.warmup
+    ROWS = T.GemmWarpPolicy.FullRow  # value_rows: warps split M (the value columns) only
     ntok = T.dynamic("ntok")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
@@ -86,7 +125,7 @@ def program(cfg: ScanConfig):
     sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
 
     @T.macro
-    def chunk_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
+    def column_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
         # Plain names: TileLang's parser does not take a subscripted dict entry as an assignment target.
         q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = b.values()
         if outputs:
@@ -128,14 +167,77 @@ def program(cfg: ScanConfig):
                 if bos + r < eos:
                     o[bos + r, bh, v0 + x] = o_s[r, x]
 
+    @T.macro
+    def row_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
+        # S is S^T [block_v, 128]; every fragment here has the warps' value columns as rows.
+        q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = b.values()
+        if outputs:
+            T.copy(q[bos:bos + C, hk, 0:D], q_s)
+        T.copy(k[bos:bos + C, hk, 0:D], k_s)
+        if cfg.split_k:
+            T.copy(k[bos:bos + C, hk, 0:D], k2_s)
+        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
+        T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
+        if outputs:
+            T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
+        lam[0] = vec_s[3, 0]
+        T.copy(S, s_b)
+        T.gemm(s_b, k_s, x, transpose_B=True, clear_accum=True, policy=ROWS)  # X^T = S^T K^T
+        for r, c in T.Parallel(BV, C):
+            w[r, c] = T.cast(T.cast(v_s[c, r], f32) - vec_s[0, c] * x[r, c], dt)
+        T.gemm(w, t_s, uf, transpose_B=True, clear_accum=True, policy=ROWS)  # U^T = W^T T^T
+        if outputs:
+            for r, c in T.Parallel(BV, C):
+                u[r, c] = T.cast(uf[r, c], dt)
+                ud[r, c] = T.cast(uf[r, c] * vec_s[2, c], dt)
+            # O^T after U^T: S^T's bf16 copy is cast again rather than held (its 32 registers per thread).
+            T.copy(S, s_b)
+            T.gemm(s_b, q_s, y, transpose_B=True, clear_accum=True, policy=ROWS)
+            for r, c in T.Parallel(BV, C):
+                y[r, c] = y[r, c] * vec_s[1, c]
+            T.gemm(u, p_s, y, transpose_B=True, policy=ROWS)
+        else:
+            for r, c in T.Parallel(BV, C):
+                ud[r, c] = T.cast(uf[r, c] * vec_s[2, c], dt)
+        for r, kk in T.Parallel(BV, D):
+            S[r, kk] = S[r, kk] * lam[0]
+        T.gemm(ud, k2_s if cfg.split_k else k_s, S, policy=ROWS)  # S^T += (U^T diag(d)) K
+        if outputs:
+            for r, c in T.Parallel(BV, C):
+                o_s[c, r] = T.cast(y[r, c], dt)
+            for c, r in T.Parallel(C, BV):
+                if bos + c < eos:
+                    o[bos + c, bh, v0 + r] = o_s[c, r]
+
+    chunk_step = row_step if cfg.value_rows else column_step
+
     def allocate():
-        """The chunk step's buffers, once per CTA, and the state slice S."""
+        """The chunk step's buffers, once per CTA, and the state slice (S, or S^T with value_rows)."""
+        alloc = dict(shared=T.alloc_shared, fragment=T.alloc_fragment, local=T.alloc_local)
         b = {
-            name: None if spec is None else T.alloc_local(spec[1], f32) if spec[0] == "local" else
-            T.alloc_fragment(spec[1], f32) if spec[0] == "fragment" else T.alloc_shared(spec[1], spec[0])
+            name: None if spec is None else alloc[spec[0]](spec[2], spec[1])
             for name, spec in _step_buffers(cfg).items()
         }
-        return b, T.alloc_fragment((D, BV), f32)
+        return b, T.alloc_fragment((BV, D) if cfg.value_rows else (D, BV), f32)
+
+    @T.macro
+    def load_state(src, n, h, S, v0):
+        """S (or S^T) from src[n, h] [128, 128], the state columns v0 : v0 + block_v."""
+        if cfg.value_rows:
+            for x, kk in T.Parallel(BV, D):
+                S[x, kk] = src[n, h, kk, v0 + x]
+        else:
+            T.copy(src[n, h, 0:D, v0:v0 + BV], S)
+
+    @T.macro
+    def store_state(S, dst, n, h, v0):
+        """The inverse of `load_state`."""
+        if cfg.value_rows:
+            for x, kk in T.Parallel(BV, D):
+                dst[n, h, kk, v0 + x] = S[x, kk]
+        else:
+            T.copy(S, dst[n, h, 0:D, v0:v0 + BV])
 
     @T.macro
     def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks):
@@ -160,13 +262,13 @@ def program(cfg: ScanConfig):
                 span[2] = seq * T.ceildiv(seq_len, C) + part * part_chunks
             b, S = allocate()
             if cfg.has_initial_state:
-                T.copy(h0[bn, bh, 0:D, bv * BV:bv * BV + BV], S)
+                load_state(h0, bn, bh, S, bv * BV)
             else:
                 T.clear(S)
             for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
                 chunk_step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b)
             if cfg.store_final_state and part == parts - 1:
-                T.copy(S, ht[seq, bh, 0:D, bv * BV:bv * BV + BV])
+                store_state(S, ht, seq, bh, bv * BV)
 
     @T.macro
     def warm_up(k, v, tmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
@@ -194,14 +296,14 @@ def program(cfg: ScanConfig):
             T.clear(S)
             if cfg.has_initial_state:
                 if start == 0:
-                    T.copy(h0[seq, bh, 0:D, bv * BV:bv * BV + BV], S)
+                    load_state(h0, seq, bh, S, bv * BV)
             for j in T.Pipelined(end - start, num_stages=cfg.num_stages):
                 bos = seq * seq_len + (start + j) * C
                 chunk_step(
                     None, k, v, tmat, None, vecs, None, S, bos, bos + C, first_chunk + start + j, bh, bh // group,
                     bv * BV, b,
                 )
-            T.copy(S, starts[bn, bh, 0:D, bv * BV:bv * BV + BV])
+            store_state(S, starts, bn, bh, bv * BV)
 
     if cfg.warmup:
 

@@ -18,24 +18,24 @@ from qla_agent.kernels.tilelang.build import ROW_ALIGN, VECTOR_BYTES
 logger = logging.getLogger(__name__)
 
 CHUNK = chunk_prep.CHUNK
-# Shared memory per block on sm_86 / sm_89 is 99 KB: the 64-column state slice needs about 107 KB.
-SMALL_SMEM_ARCHS = ("sm_86", "sm_89")
 # Context parallelism keeps partitions at least this many chunks long (the warm-up costs a few chunks).
 MIN_PART_CHUNKS = 16
 
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
-    """block_v, threads and split_k of chunk_scan for N x Hv = parallel_units (measured on the H100).
+    """chunk_scan's tile for N x Hv = parallel_units: block_v, threads, split_k, value_rows, wgmma.
 
-    Few units (8 heads, one sequence): 16-column slices on 8 warps with the second K tile
-    (1.09 ms vs 1.33 on 1x32768 2/8); otherwise 4 warps, 32 columns, or 64 once 2 CTAs per unit fill
-    the GPU (sm_86/89 cap at 32 for their 99 KB of shared memory). See benchmarks/NOTES.md.
+    Enough units for two CTAs each (every context-parallel call, the runtime's layers): the value-rows
+    layout, 64 columns on 4 warps, on wgmma on sm_90a (H200 session 6: 1.14-1.3x over the column layout
+    with mma.sync, 1.25-1.45x with wgmma). Fewer: the column layout, 16-column slices on 8 warps with
+    the second K tile for the fewest (1.09 ms vs 1.33 on 1x32768 2/8 without splits, H100), else
+    32 columns on 4 warps. See benchmarks/NOTES.md.
     """
     if parallel_units * 8 <= sm_count:
         return dict(block_v=16, threads=256, split_k=True)
-    if arch in SMALL_SMEM_ARCHS or parallel_units * 2 < sm_count:
+    if parallel_units * 2 < sm_count:
         return dict(block_v=32, threads=128, split_k=False)
-    return dict(block_v=64, threads=128, split_k=False)
+    return dict(block_v=64, threads=128, split_k=False, value_rows=True, wgmma=arch == "sm_90a")
 
 
 def context_parts(batch: int, seqlen: int, value_heads: int, sm_count: int) -> tuple[int, int]:
@@ -73,6 +73,8 @@ def prefill_configs(
     tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
     if block_v is not None:
         tile["block_v"] = block_v
+        if tile.get("value_rows"):  # 16 columns per warp; wgmma takes whole warpgroups
+            tile.update(threads=2 * block_v, wgmma=tile["wgmma"] and block_v % 64 == 0)
     scan = chunk_scan.ScanConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0 or parts > 1,
         store_final_state=store_ht, varlen=varlen, **tile,
