@@ -63,6 +63,10 @@ class PrepConfig:
     l2norm: bool
     varlen: bool
     scale: float
+    # Hopper (sm_90a) only: the GEMMs as wgmma (`build` then leaves WGMMA on). The inverse's right
+    # operands are then read from shared memory once per warpgroup instead of once per warp: mma.sync
+    # left this kernel bound by shared-memory bandwidth (L1/TEX 84% busy, ncu, H200).
+    wgmma: bool = False
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):

@@ -69,6 +69,7 @@ def prefill_configs(
     prep = chunk_prep.PrepConfig(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, gate_dtype=tl[gate_dtype],
         param_dtype=tl[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
+        wgmma=arch == "sm_90a",
     )
     tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
     if block_v is not None:
