@@ -43,6 +43,9 @@ from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
 
 # A warm-up window ends once its chunks' decays multiply to below e^-10 (4.5e-5, ~90x under bf16's 2^-8).
 WARMUP_LOG_DECAY = -10.0
+# Value rows read V and write O transposed in shared memory (lanes of a warp step along tokens): rows
+# padded by 8 elements (16 bytes) put a warp's tokens 4 banks apart instead of on the same bank.
+ROW_PAD = 8
 # A chunk's decay factor is clamped to this before its log (exp(gamma_C) may underflow to 0).
 MIN_CHUNK_DECAY = 1e-30
 
@@ -89,8 +92,9 @@ def _step_buffers(cfg: ScanConfig) -> dict:
         # Loaded tiles in shared memory; the warp's rows of every intermediate in registers.
         specs = dict(
             q_s=("shared", dt, (C, D)), k_s=("shared", dt, (C, D)),
-            k2_s=("shared", dt, (C, D) if cfg.split_k else (1, 8)), v_s=("shared", dt, (C, BV)), t_s=("shared", dt, (C, C)), p_s=("shared", dt, (C, C)), vec_s=("shared", f32, (4, C)),
-            o_s=("shared", dt, (C, BV)), s_b=("fragment", dt, (BV, D)), x=("fragment", f32, (BV, C)),
+            k2_s=("shared", dt, (C, D) if cfg.split_k else (1, 8)), v_s=("shared", dt, (C, BV + ROW_PAD)),
+            t_s=("shared", dt, (C, C)), p_s=("shared", dt, (C, C)), vec_s=("shared", f32, (4, C)),
+            o_s=("shared", dt, (C, BV + ROW_PAD)), s_b=("fragment", dt, (BV, D)), x=("fragment", f32, (BV, C)),
             w=("fragment", dt, (BV, C)), uf=("fragment", f32, (BV, C)), u=("fragment", dt, (BV, C)),
             ud=("fragment", dt, (BV, C)), y=("fragment", f32, (BV, C)), lam=("local", f32, (1,)),
         )
@@ -176,7 +180,7 @@ def program(cfg: ScanConfig):
         T.copy(k[bos:bos + C, hk, 0:D], k_s)
         if cfg.split_k:
             T.copy(k[bos:bos + C, hk, 0:D], k2_s)
-        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
+        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
         T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
         if outputs:
             T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
