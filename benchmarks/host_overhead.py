@@ -11,12 +11,14 @@ norm; "layer views", read in place) or compact ("contiguous") or in layouts the 
 the device is declared an H100 (sm_90a, 132 SMs) and every compiled kernel is a no-op callable, so
 what is timed is the Python path alone. Stages:
 
-  checks      checks.check_gdn_prefill (the public entry's validation)
-  dispatch    what dispatch.resolve does for a CUDA call: requested_impl, load_backend, supports
+  checks      checks.check_gdn_prefill (the validation of a call whose signature is new)
+  signature   checks.prefill_signature (what a repeated signature pays instead: T compared, the
+              rest of the key built)
+  dispatch    dispatch.remembered (the fast function chosen for that signature, looked up)
   launcher    tilelang.prefill.gdn_prefill with no-op kernels (configs, kernel lookup, views,
               copies of strided inputs, allocations)
-  public      checks + argument dict + dispatch + launcher (what one layer pays before the GPU
-              sees a kernel, plus the kernel calls below)
+  public      qla_agent.kernels.gdn_prefill itself, dispatching to the TileLang backend (what one
+              layer pays before the GPU sees a kernel, plus the kernel calls below)
   tilelang    one kernel call: TileLang's JITKernel wrapper (tvm_ffi adapter) around an FFI entry
               that does nothing, vs that FFI entry called directly (build.entry); 15 arguments as
               chunk_scan's. Skipped without nvcc (the stand-in kernel is compiled for sm_90a).
@@ -98,8 +100,9 @@ def _no_op(*args: object) -> None:
 
 
 @contextlib.contextmanager
-def pretend_h100() -> Iterator[None]:
-    """Patches that make the TileLang backend take CPU/meta tensors: no-op kernels on an H100."""
+def pretend_h100(device: torch.device) -> Iterator[None]:
+    """Patches that make dispatch and the TileLang backend take `device`'s (CPU/meta) tensors as CUDA
+    ones: no-op kernels on an H100."""
     from qla_agent.kernels import tilelang as backend
     from qla_agent.kernels.tilelang import build
 
@@ -107,44 +110,36 @@ def pretend_h100() -> Iterator[None]:
         mock.patch.object(build, "compiled", lambda program, config, arch: _no_op),
         mock.patch.object(build, "device_facts", lambda device: ("sm_90a", 132)),
         mock.patch.object(backend, "device_arch", lambda device: "sm_90a"),
+        mock.patch.object(dispatch, "FAST_DEVICE_TYPE", device.type),
+        mock.patch.dict(dispatch._routes, clear=True),
     ):
         yield
 
 
-def dispatch_like_cuda(arguments: dict) -> Callable[..., object]:
-    """dispatch.resolve's steps for a CUDA call (its device-type test aside), returning the launcher."""
-    dispatch.requested_impl("auto")
-    next(a.device for a in arguments.values() if isinstance(a, torch.Tensor))
-    backend = dispatch.load_backend("tilelang")
-    fn = getattr(backend, "gdn_prefill")
-    assert backend.supports("gdn_prefill", **arguments) is None
-    return fn
-
-
 def stage_times(x: dict, repeats: int) -> dict[str, float]:
     """Microseconds per call of each Python stage for inputs x (under pretend_h100)."""
+    from qla_agent import kernels
     from qla_agent.kernels.tilelang import prefill
 
-    tensors = ("q", "k", "v", "g", "beta")
+    tensors = [x[n] for n in ("q", "k", "v", "g", "beta")]
+    optional = [x[n] for n in ("initial_state", "cu_seqlens", "A_log", "dt_bias")]
 
     def check() -> object:
         return checks.check_gdn_prefill(
-            *(x[n] for n in tensors), initial_state=x["initial_state"], cu_seqlens=x["cu_seqlens"],
-            A_log=x["A_log"], dt_bias=x["dt_bias"],
+            *tensors, initial_state=x["initial_state"], cu_seqlens=x["cu_seqlens"], A_log=x["A_log"],
+            dt_bias=x["dt_bias"],
         )
 
-    def public() -> object:
-        check()
-        arguments = dict(x)
-        return dispatch_like_cuda(arguments)(**arguments)
-
-    times = {
+    signature = checks.prefill_signature(*tensors, *optional)
+    kernels.gdn_prefill(**x)
+    assert dispatch.remembered("gdn_prefill", "auto", signature) is prefill.gdn_prefill
+    return {
         "checks": per_call_us(check, repeats),
-        "dispatch": per_call_us(lambda: dispatch_like_cuda(dict(x)), repeats),
+        "signature": per_call_us(lambda: checks.prefill_signature(*tensors, *optional), repeats),
+        "dispatch": per_call_us(lambda: dispatch.remembered("gdn_prefill", "auto", signature), repeats),
         "launcher": per_call_us(lambda: prefill.gdn_prefill(**x), repeats),
+        "public": per_call_us(lambda: kernels.gdn_prefill(**x), repeats),
     }
-    times["public"] = per_call_us(public, repeats)
-    return times
 
 
 def _stand_in_program():
@@ -203,9 +198,10 @@ def main() -> None:
     keep_allocations_off_mmap()
     device = torch.device(args.device)
     print(f"host microseconds per call ({args.device} tensors, no-op kernels, best of 5 x {args.repeats})")
-    print("| inputs | checks | dispatch | launcher | public |")
-    print("|---|---|---|---|---|")
-    with pretend_h100():
+    stages = ("checks", "signature", "dispatch", "launcher", "public")
+    print("| inputs | " + " | ".join(stages) + " |")
+    print("|---" * (len(stages) + 1) + "|")
+    with pretend_h100(device):
         for hv in args.value_heads:
             for tokens in args.tokens:
                 strided = layer_inputs(tokens, hv, device)
@@ -215,8 +211,8 @@ def main() -> None:
                 )
                 for layout, x in layouts:
                     t = stage_times(x, args.repeats)
-                    print(f"| T={tokens} {KEY_HEADS}/{hv} {layout} | {t['checks']:.1f} | {t['dispatch']:.1f} | "
-                          f"{t['launcher']:.1f} | {t['public']:.1f} |")
+                    cells = " | ".join(f"{t[stage]:.1f}" for stage in stages)
+                    print(f"| T={tokens} {KEY_HEADS}/{hv} {layout} | {cells} |")
     calls = tilelang_call_times(args.repeats)
     if calls is None:
         print("tilelang call: skipped (no nvcc)")

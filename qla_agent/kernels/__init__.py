@@ -3,13 +3,14 @@
 Every function takes impl="auto" | "tilelang" | "reference" (see `dispatch`); QLA_KERNEL_IMPL=reference
 forces the reference. The math, shapes and dtypes are documented in `reference`, `reference_conv` and `reference_norms`.
 Inputs are validated here (ValueError naming the argument and the expected shape) before any backend
-sees them.
+sees them; gdn_prefill, the runtime's host-bound call, does it once per signature (`checks.prefill_signature`:
+everything but T) and remembers the backend chosen for it (`dispatch.remembered`).
 """
 
 import torch
 
 from qla_agent.kernels import checks, checks_norms
-from qla_agent.kernels.dispatch import resolve
+from qla_agent.kernels.dispatch import remembered, resolve
 from qla_agent.kernels.reference import gdn_gates
 
 __all__ = [
@@ -30,15 +31,23 @@ def gdn_prefill(
     initial_state [N,Hv,K,V] fp32 (N = B, or len(cu_seqlens) - 1 with B = 1)
     -> o [B,T,Hv,V] in v.dtype, final_state [N,Hv,K,V] fp32 (None unless output_final_state).
     """
-    checks.check_gdn_prefill(
-        q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
+    # A signature checked and sent to a fast backend before (any T) goes straight there.
+    signature = checks.prefill_signature(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias)
+    fn = remembered("gdn_prefill", impl, signature)
+    if fn is None:
+        checks.check_gdn_prefill(
+            q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
+        )
+        arguments = dict(
+            q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+            A_log=A_log, dt_bias=dt_bias,
+        )
+        fn = resolve("gdn_prefill", impl, arguments, signature=signature)
+    return fn(
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm, A_log=A_log, dt_bias=dt_bias,
     )
-    arguments = dict(
-        q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
-        A_log=A_log, dt_bias=dt_bias,
-    )
-    return resolve("gdn_prefill", impl, arguments)(**arguments)
 
 
 def gdn_decode(

@@ -142,9 +142,6 @@ def check_gdn_prefill(
     A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
 ) -> GdnDims:
     """Validate gdn_prefill inputs (no host sync for CUDA tensors); return the sizes."""
-    dims = _valid_dense_prefill(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias)
-    if dims is not None:
-        return dims
     _expect_ndim("q", q, 4, "[B, T, Hk, K]")
     batch, seqlen, key_heads, key_dim = q.shape
     _expect_tokens("q", q, batch, seqlen, "[B, T, Hk, K]")
@@ -165,45 +162,43 @@ def check_gdn_prefill(
 
 # Shapes recur (one per layer shape and prompt length or batch size): a cached record costs 0.2 us, a new one 1.5.
 _dims = functools.lru_cache(maxsize=1024)(GdnDims)
-_FLOAT_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16, torch.float64})
 
 
-def _valid_dense_prefill(
+def prefill_signature(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
     A_log: torch.Tensor | None, dt_bias: torch.Tensor | None,
-) -> GdnDims | None:
-    """The sizes when a call without cu_seqlens passes every check at once, else None (then the
-    step-by-step checks run and name what is wrong). Accepts only what they accept; ~3x cheaper,
-    for the per-layer prefill calls of the runtime."""
-    if cu_seqlens is not None or (A_log is None) != (dt_bias is None):
-        return None
-    tensors = (q, k, v, g, beta) if A_log is None else (q, k, v, g, beta, A_log, dt_bias)
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
-        return None
-    shape, v_shape = q.shape, v.shape
-    if len(shape) != 4 or len(v_shape) != 4 or k.shape != shape:
-        return None
-    batch, seqlen, key_heads, key_dim = shape
-    value_heads = v_shape[2]
-    gates = (batch, seqlen, value_heads)
-    if (
-        batch < 1 or seqlen < 1 or key_heads < 1 or value_heads % key_heads or v_shape[:2] != shape[:2]
-        or g.shape != gates or beta.shape != gates
-    ):
-        return None
-    if A_log is not None and (A_log.shape != (value_heads,) or dt_bias.shape != (value_heads,)):
-        return None
-    if initial_state is not None:
-        if not isinstance(initial_state, torch.Tensor):
+) -> tuple | None:
+    """A key that decides `check_gdn_prefill` for every call sharing it (and a backend's `supports`, which
+    reads less): B, the head counts and dims, every dtype and device, the shapes of the optional tensors.
+    The token count T is left out, so a new prompt length reuses the key: instead this compares it across
+    q, k, v, g and beta and returns None when they disagree (or T < 1), as for anything not a tensor and
+    for CPU cu_seqlens (their values are checked per call); None sends the call through the checks.
+    """
+    try:
+        shape, v_shape = q.shape, v.shape
+        batch, seqlen, key_heads, key_dim = shape
+        _, _, value_heads, value_dim = v_shape
+        gates = (batch, seqlen, value_heads)
+        if (
+            seqlen < 1 or k.shape != shape or v_shape[1] != seqlen or v_shape[0] != batch
+            or g.shape != gates or beta.shape != gates
+        ):
             return None
-        tensors += (initial_state,)
-        if initial_state.shape != (batch, value_heads, key_dim, v_shape[3]):
+        h, a, d, cu = initial_state, A_log, dt_bias, cu_seqlens
+        if cu is not None and cu.device.type == "cpu":
             return None
-    device = q.device
-    if any(t.dtype not in _FLOAT_DTYPES or t.device != device for t in tensors):
+        return (
+            batch, key_heads, key_dim, value_heads, value_dim,
+            q.dtype, k.dtype, v.dtype, g.dtype, beta.dtype, q.device, k.device, v.device, g.device, beta.device,
+            None if h is None else (h.shape, h.dtype, h.device),
+            None if a is None else (a.shape, a.dtype, a.device),
+            None if d is None else (d.shape, d.dtype, d.device),
+            None if cu is None else (cu.shape, cu.dtype, cu.device),
+        )
+    # Not tensors, or q / v of another rank: the checks name what is wrong.
+    except (AttributeError, TypeError, ValueError):
         return None
-    return _dims(batch, seqlen, key_heads, value_heads, key_dim, v_shape[3], batch)
 
 
 def check_slots(slots: torch.Tensor, count: int, pool_size: int, pool_name: str) -> None:

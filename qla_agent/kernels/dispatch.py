@@ -14,6 +14,12 @@ impl="reference" always takes the reference; impl="auto" takes the fast backend 
 call and otherwise falls back to the reference, logging the reason once; impl="tilelang" raises
 ValueError with the reason instead of falling back. The environment variable QLA_KERNEL_IMPL
 overrides: "reference" forces the reference everywhere (debugging), "tilelang" makes "auto" strict.
+
+A call's choice can be remembered by a signature: a key that decides both the op's checks and
+`supports` (e.g. `checks.prefill_signature`). `resolve(..., signature=)` keeps a fast function it
+chose under (op, impl, QLA_KERNEL_IMPL as set, signature), and `remembered` returns it for a later
+call with the same key, which then skips the checks, the backend import test and `supports`.
+Falling back is never remembered (each such call is resolved, and logged once, as before).
 """
 
 import importlib
@@ -46,9 +52,22 @@ REFERENCE_OPS: dict[str, Callable[..., Any]] = {
     "sigmoid_gate_mul": reference_norms.sigmoid_gate_mul,
 }
 
+# The device type the fast backends run on.
+FAST_DEVICE_TYPE = "cuda"
+# Remembered choices kept at most; a handful per process (one per op, layer shape and impl).
+MAX_ROUTES = 1024
+
+# QLA_KERNEL_IMPL as stored, read for every remembered choice: os.environ.get raises and catches a
+# KeyError inside when the variable is unset (0.7 us on the CPU machine), os.environ's own store (a
+# dict keyed by encoded names, which every write through os.environ updates) answers in 0.05 us.
+_ENV_STORE: dict | None = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if _ENV_STORE is not None else None
+
 # Backend name -> imported module, or the reason it could not be imported.
 _loaded: dict[str, ModuleType | str] = {}
 _logged: set[tuple[str, str]] = set()
+# (op, impl, QLA_KERNEL_IMPL as stored, signature) -> the fast function resolve chose.
+_routes: dict[tuple, Callable[..., Any]] = {}
 
 
 def load_backend(name: str) -> ModuleType | str:
@@ -80,7 +99,7 @@ def _why_not(
     name: str, op: str, arguments: dict[str, Any], device: torch.device
 ) -> tuple[str | None, Callable[..., Any] | None]:
     """(None, fast function) if backend `name` can run this call, else (reason, None)."""
-    if device.type != "cuda":
+    if device.type != FAST_DEVICE_TYPE:
         return f"inputs are on {device.type}, {name} kernels need CUDA", None
     backend = load_backend(name)
     if isinstance(backend, str):
@@ -100,14 +119,35 @@ def _log_fallback(op: str, reason: str, on_cuda: bool) -> None:
     logger.log(level, "%s: using the torch reference (%s)", op, reason)
 
 
-def resolve(op: str, impl: str, arguments: dict[str, Any]) -> Callable[..., Any]:
-    """The function that runs `op` on `arguments` (the call's arguments by name, without impl)."""
+def _stored_setting() -> object:
+    """QLA_KERNEL_IMPL as os.environ stores it now (None when unset), for keys only."""
+    return os.environ.get(ENV_VAR) if _ENV_STORE is None else _ENV_STORE.get(_ENV_KEY)
+
+
+def remembered(op: str, impl: str, signature: tuple | None) -> Callable[..., Any] | None:
+    """The fast function `resolve` chose for an earlier call of `op` with this signature, impl and
+    QLA_KERNEL_IMPL setting (read on every call); None when there is none or no signature."""
+    if signature is None:
+        return None
+    return _routes.get((op, impl, _stored_setting(), signature))
+
+
+def resolve(
+    op: str, impl: str, arguments: dict[str, Any], *, signature: tuple | None = None
+) -> Callable[..., Any]:
+    """The function that runs `op` on `arguments` (the call's arguments by name, without impl, already
+    checked); a fast choice is remembered under `signature` when given (see `remembered`)."""
+    stored = _stored_setting()
     chosen = requested_impl(impl)
     if chosen == "reference":
         return REFERENCE_OPS[op]
     device = next(a.device for a in arguments.values() if isinstance(a, torch.Tensor))
     reason, fn = _why_not("tilelang", op, arguments, device)
     if fn is not None:
+        if signature is not None:
+            if len(_routes) >= MAX_ROUTES:
+                _routes.clear()
+            _routes[op, impl, stored, signature] = fn
         return fn
     if chosen == "tilelang":
         raise ValueError(f"impl='tilelang' cannot run {op}: {reason}; pass impl='auto' to fall back to the reference")

@@ -44,6 +44,10 @@ def test_checks_read_no_values_off_cpu() -> None:
         A_log=x["A_log"], dt_bias=x["dt_bias"],
     )
     assert dims.num_seqs == 3 and dims.seqlen == 700
+    signature = checks.prefill_signature(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], x["initial_state"], x["cu_seqlens"], x["A_log"], x["dt_bias"]
+    )
+    assert signature is not None, "device cu_seqlens must not keep a call from being remembered"
     conv_x = torch.empty(1, 700, 96, device=META)
     conv_state = torch.empty(3, 96, 3, device=META)
     weight = torch.empty(96, 4, device=META)

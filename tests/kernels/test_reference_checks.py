@@ -99,7 +99,7 @@ def test_bad_inputs_raise_value_error(call: Callable[[], object], match: str) ->
 
 
 def test_prefill_checks_return_the_sizes() -> None:
-    """Dense calls take the one-pass check, packed ones the step-by-step checks: same sizes."""
+    """Dense and packed calls: the sizes, N from B or from cu_seqlens."""
     from qla_agent.kernels import checks
 
     x = _prefill(initial_state=torch.zeros(B, HV, K, V), A_log=torch.zeros(HV), dt_bias=torch.zeros(HV))

@@ -141,8 +141,8 @@ def token_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     q, k, v: column slices of the conv output, token stride conv_dim). Otherwise a compact copy.
     """
     batch, seqlen, heads, dim = x.shape
-    # A view when B and T collapse (always with B = 1), else already a compact copy.
-    rows = x.reshape(batch * seqlen, heads, dim)
+    # A view when B and T collapse (always with B = 1: x[0], the cheapest view), else already a compact copy.
+    rows = x[0] if batch == 1 else x.reshape(batch * seqlen, heads, dim)
     token, head, column = rows.stride()
     # One token: its stride is never used (TileLang's argument check skips dims of size 1).
     token = token if batch * seqlen > 1 else 0
@@ -158,7 +158,7 @@ def gate_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     gates a and b: column slices of one [T, 2 Hv] projection); otherwise a compact copy.
     """
     batch, seqlen, heads = x.shape
-    rows = x.reshape(batch * seqlen, heads)
+    rows = x[0] if batch == 1 else x.reshape(batch * seqlen, heads)
     token, column = rows.stride()
     if column != 1 and heads > 1:
         rows, token = rows.contiguous(), heads
@@ -234,15 +234,16 @@ def gdn_prefill(
     else:
         a_log = A_log.contiguous()
         dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
-    tmat = torch.empty((num_chunks, hv, CHUNK, CHUNK), dtype=q.dtype, device=device)
+    # new_empty / empty_like with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
+    tmat = q.new_empty(num_chunks, hv, CHUNK, CHUNK)
     pmat = torch.empty_like(tmat)
-    vecs = torch.empty((num_chunks, hv, 4, CHUNK), dtype=torch.float32, device=device)
+    vecs = plan.no_state.new_empty(num_chunks, hv, 4, CHUNK)
     plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen, q_stride8, k_stride8, g_stride, b_stride)
     if prep_only:
         return tmat, vecs
 
     v2, v_stride8 = token_rows(v)
-    o = torch.empty((ntok, hv, dim), dtype=v.dtype, device=device) if out is None else out.view(ntok, hv, dim)
+    o = v.new_empty(ntok, hv, dim) if out is None else out.view(ntok, hv, dim)
     if initial_state is None:
         h0 = plan.no_state
     elif initial_state.dtype == torch.float32:
@@ -256,9 +257,9 @@ def gdn_prefill(
     elif initial_state is not None:
         ht = torch.empty_like(h0)
     else:
-        ht = torch.empty((num_seqs, hv, dim, dim), dtype=torch.float32, device=device)
+        ht = plan.no_state.new_empty(num_seqs, hv, dim, dim)
     if plan.warmup is not None:
-        starts = torch.empty((batch * parts, hv, dim, dim), dtype=torch.float32, device=device)
+        starts = plan.no_state.new_empty(batch * parts, hv, dim, dim)
         plan.warmup(k2, v2, tmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, k_stride8, v_stride8)
         h0 = starts
     plan.scan(
