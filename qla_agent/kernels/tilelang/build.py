@@ -103,8 +103,7 @@ def compile_program(program: Callable[[Any], Any], config: Any, arch: str) -> An
     if wgmma and arch != "sm_90a":
         raise ValueError(f"{type(config).__name__}.wgmma needs sm_90a, not {arch}")
     logger.info("compiling %s for %s: %s", program.__name__, arch, config)
-    # A config may add pass settings of its own (a `pass_configs` property).
-    pass_configs = {**(HOPPER_PASS_CONFIGS if wgmma else PORTABLE_PASS_CONFIGS), **getattr(config, "pass_configs", {})}
+    pass_configs = HOPPER_PASS_CONFIGS if wgmma else PORTABLE_PASS_CONFIGS
     return tilelang.compile(program(config), target=target, pass_configs=pass_configs)
 
 

@@ -31,7 +31,6 @@ replays the inverse in fp64 and with the kernel's fp16 roundings.
 
 from dataclasses import dataclass
 
-import tilelang
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM, ROW_ALIGN
@@ -68,12 +67,6 @@ class PrepConfig:
     # operands are then read from shared memory once per warpgroup instead of once per warp: mma.sync
     # left this kernel bound by shared-memory bandwidth (L1/TEX 84% busy, ncu, H200).
     wgmma: bool = False
-
-    @property
-    def pass_configs(self) -> dict:
-        """TileLang pass settings on top of `build`'s: shared buffers whose lifetimes do not overlap share
-        memory (the output staging tile takes q's and k's place: 51 KB, 4 CTAs per SM, not 60 KB and 3)."""
-        return {tilelang.PassConfigKey.TL_ENABLE_AGGRESSIVE_SHARED_MEMORY_MERGE: True}
 
 
 def strided_rows(shape: tuple, stride8, dtype: str):
@@ -332,10 +325,12 @@ def _body(cfg: PrepConfig):
         acc = T.alloc_fragment((C, C), f32)
         acc2 = T.alloc_fragment((C, C), f32)
         af = T.alloc_fragment((C, C), f16)
-        # P and T pass through here on their way out: 16-byte row stores instead of a fragment's scattered
-        # 4-byte ones (which took 8 L1 wavefronts per 128 bytes in this L1-bound kernel). Rows padded by 16
-        # bytes: a fragment's lanes step along rows, so unpadded rows would put them on one bank.
-        out_s = T.alloc_shared((C, C + 8), dt)
+        # P and T leave through here, `rows` rows at a time (a whole tile would cost the 4th CTA per SM;
+        # with 4 value heads even half of one): 16-byte row stores instead of a fragment's scattered 4-byte
+        # ones, which took 8 L1 wavefronts per 128 bytes in this L1-bound kernel. Rows padded by 16
+        # bytes: a fragment's lanes step along rows.
+        rows = C // 2 if G <= 2 else C // 4
+        out_s = T.alloc_shared((rows, C + 8), dt)
         b_col = T.alloc_fragment((C,), f32)
         xs = T.alloc_local((16,), f32)
 
@@ -357,15 +352,20 @@ def _body(cfg: PrepConfig):
                     qk[r, c] = qk_s[r, c]
                     kk[r, c] = kk_s[r, c]
             decayed(qk, kk, gam_s, b_s, v, pf, lo_s, blocks_s)
-            T.copy(pf, out_s[0:C, 0:C])
-            T.copy(out_s[0:C, 0:C], pmat[bc, hk * G + v, :, :])
+            for part in T.serial(C // rows):
+                for r, c in T.Parallel(C, C):
+                    if r // rows == part:
+                        out_s[r % rows, c] = pf[r, c]
+                T.copy(out_s[0:rows, 0:C], pmat[bc, hk * G + v, part * rows:part * rows + rows, :])
             diagonal_inverse(blocks_s, d_s, tx, xs)
             inverse(lo_s, d_s, acc, acc2, af)
             for c in T.Parallel(C):
                 b_col[c] = -b_s[v, c]
-            for r, c in T.Parallel(C, C):
-                out_s[r, c] = T.cast(acc2[r, c] * b_col[c], dt)
-            T.copy(out_s[0:C, 0:C], tmat[bc, hk * G + v, :, :])
+            for part in T.serial(C // rows):
+                for r, c in T.Parallel(C, C):
+                    if r // rows == part:
+                        out_s[r % rows, c] = T.cast(acc2[r, c] * b_col[c], dt)
+                T.copy(out_s[0:rows, 0:C], tmat[bc, hk * G + v, part * rows:part * rows + rows, :])
         _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
 
     return body
