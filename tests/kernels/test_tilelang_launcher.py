@@ -195,6 +195,43 @@ def test_gate_rows_views_column_slices_and_copies_the_rest() -> None:
         assert torch.equal(rows.view(gates.shape), gates)
 
 
+def _runtime_call_with(name: str, make) -> dict:
+    """The runtime layout of T = 9 with one input replaced by make(that input)."""
+    x = _layer_views(9, 2, 4)
+    return {**x, name: make(x[name])}
+
+
+ROW_CASES = [
+    pytest.param(lambda: _layer_views(9, 2, 4), True, id="runtime_layout"),
+    pytest.param(lambda: {n: t.contiguous() for n, t in _layer_views(70, 2, 4).items()}, True, id="contiguous"),
+    pytest.param(lambda: _runtime_call_with("q", lambda q: _padded_rows(9)), False, id="q_copied"),
+    pytest.param(lambda: _runtime_call_with("v", lambda v: torch.randn(1, 9, 4, 256).bfloat16()[..., 128:]), False,
+                 id="v_head_stride_256"),
+    pytest.param(lambda: _runtime_call_with("g", lambda g: g.transpose(1, 2).contiguous().transpose(1, 2)), False,
+                 id="g_column_major"),
+    pytest.param(lambda: _layer_views(1, 2, 4), False, id="one_token"),
+    pytest.param(lambda: _layer_views(9, 2, 4, batch=3), False, id="B3"),
+]
+
+
+@pytest.mark.parametrize("make,one_pass", ROW_CASES)
+def test_input_rows_are_token_rows_and_gate_rows(make, one_pass: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pass for the runtime's call (B = 1, all readable in place), else tensor by tensor: the same rows
+    (values, strides, in place or copied) and token strides either way."""
+    from qla_agent.kernels.tilelang import prefill
+
+    x = make()
+    expected = [prefill.token_rows(x[n]) for n in ("q", "k", "v")] + [prefill.gate_rows(x[n]) for n in ("g", "beta")]
+    if one_pass:
+        monkeypatch.setattr(prefill, "token_rows", None)
+        monkeypatch.setattr(prefill, "gate_rows", None)
+    rows, strides = prefill.input_rows(x["q"], x["k"], x["v"], x["g"], x["beta"])
+    for name, row, stride, (want, want_stride) in zip(("q", "k", "v", "g", "beta"), rows, strides, expected):
+        assert stride == want_stride and row.shape == want.shape and row.stride() == want.stride(), name
+        assert (row.data_ptr() == x[name].data_ptr()) == (want.data_ptr() == x[name].data_ptr()), name
+        assert torch.equal(row, want), name
+
+
 def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
     """A layout outside the kernels' reach reaches them as a compact copy with the same values."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill

@@ -165,6 +165,35 @@ def gate_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return rows, token
 
 
+def input_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+    """(q, k, v, g, beta rows), (their token strides, // ROW_ALIGN for q, k, v): `token_rows` of q, k, v
+    and `gate_rows` of g, beta.
+
+    The runtime's call (B = 1, T > 1, all five readable in place) is decided in one pass over the
+    strides and viewed as x[0] of each, 2 us less than five calls on the CPU machine; any other goes
+    tensor by tensor.
+    """
+    batch, seqlen, _, dim = q.shape
+    if batch == 1 and seqlen > 1:
+        _, q_token, q_head, q_column = q.stride()
+        _, k_token, k_head, k_column = k.stride()
+        _, v_token, v_head, v_column = v.stride()
+        _, g_token, g_column = g.stride()
+        _, b_token, b_column = beta.stride()
+        if (
+            not (q_token % ROW_ALIGN or k_token % ROW_ALIGN or v_token % ROW_ALIGN)
+            and q_head == k_head == v_head == dim and q_column == k_column == v_column == g_column == b_column == 1
+            and not (q.data_ptr() % VECTOR_BYTES or k.data_ptr() % VECTOR_BYTES or v.data_ptr() % VECTOR_BYTES)
+        ):
+            strides = (q_token // ROW_ALIGN, k_token // ROW_ALIGN, v_token // ROW_ALIGN, g_token, b_token)
+            return (q[0], k[0], v[0], g[0], beta[0]), strides
+    (q2, q_stride8), (k2, k_stride8), (v2, v_stride8) = token_rows(q), token_rows(k), token_rows(v)
+    (g2, g_stride), (b2, b_stride) = gate_rows(g), gate_rows(beta)
+    return (q2, k2, v2, g2, b2), (q_stride8, k_stride8, v_stride8, g_stride, b_stride)
+
+
 def gdn_prefill(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, *,
     scale: float | None = None, initial_state: torch.Tensor | None = None, output_final_state: bool = True,
@@ -181,9 +210,8 @@ def gdn_prefill(
     (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
     override the scan tile config, prep_only stops after the first launch (for timing it).
     Per call this runs two kernels (three with context parallelism), makes five allocations (six) and
-    views the inputs: q, k, v, g and beta are read through their token strides (`token_rows`,
-    `gate_rows`; only a layout the kernels cannot read is copied); everything else is looked up by the
-    call's signature.
+    views the inputs: q, k, v, g and beta are read through their token strides (`input_rows`; only a
+    layout the kernels cannot read is copied); everything else is looked up by the call's signature.
 
     context_parallel: a dense call whose B x Hv heads leave SMs idle splits each sequence into
     partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
@@ -219,8 +247,7 @@ def gdn_prefill(
     if plan is None:
         plan = _plans[key] = _make_plan(*key)
 
-    (q2, q_stride8), (k2, k_stride8) = token_rows(q), token_rows(k)
-    (g2, g_stride), (b2, b_stride) = gate_rows(g), gate_rows(beta)
+    (q2, k2, v2, g2, b2), (q_stride8, k_stride8, v_stride8, g_stride, b_stride) = input_rows(q, k, v, g, beta)
     if cu_seqlens is None:
         cu = plan.no_offsets
         # Each sequence is cut into its own chunks.
@@ -242,7 +269,6 @@ def gdn_prefill(
     if prep_only:
         return tmat, vecs
 
-    v2, v_stride8 = token_rows(v)
     o = v.new_empty(ntok, hv, dim) if out is None else out.view(ntok, hv, dim)
     if initial_state is None:
         h0 = plan.no_state
