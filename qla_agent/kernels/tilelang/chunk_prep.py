@@ -25,7 +25,8 @@ CUDA cores (one column per thread); then with N = D L_off (N^4 = 0)
 (I + L)^-1 = (I + N)^-1 D = (I - N + N^2 - N^3) D on fp16 tensor cores (fp32 accumulation): four GEMMs
 in which every warp owns 16 whole rows, so N, N^2 and I - N + N^2 (kept negated: the fp16 casts need
 no negation) stay in registers as left operands; only N goes to shared memory, over L_off, as the
-right operand of N^2 and N^3. Five barriers per value head. tests/kernels/test_chunk_prep_algebra.py
+right operand of N^2 and N^3. P and T leave through a padded shared part-tile as 16-byte row stores.
+On sm_90a the GEMMs are wgmma (`PrepConfig.wgmma`). tests/kernels/test_chunk_prep_algebra.py
 replays the inverse in fp64 and with the kernel's fp16 roundings.
 """
 
