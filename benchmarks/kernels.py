@@ -119,6 +119,8 @@ VARIANTS = {
     "rows_wg": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=False)),
     "rows_wg_split": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=True)),
     "rows128_wg": dict(block_v=128, scan_overrides=dict(value_rows=True, threads=256, wgmma=True, split_k=False)),
+    # What sm_80-89 run (mma.sync in both kernels), on a Hopper card.
+    "portable": dict(prep_overrides=dict(wgmma=False), scan_overrides=dict(wgmma=False)),
 }
 
 

@@ -58,11 +58,13 @@ def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
     arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None, parts: int = 1,
+    prep_overrides: dict | None = None,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
     """The prep and scan configs of one call (a pure function of shapes and flags, for precompiling too);
     with parts > 1 partitions per sequence the scan starts from the warm-up's states (`warmup_config`).
 
-    scan_overrides replaces ScanConfig fields (threads, split_k, ...) for benchmarking variants.
+    scan_overrides / prep_overrides replace ScanConfig / PrepConfig fields (threads, split_k, wgmma, ...) for
+    benchmarking variants: wgmma=False in both runs the portable path on a Hopper card.
     """
     tl = build.TORCH_TO_TL
     tl_dtype = tl[dtype]
@@ -71,6 +73,7 @@ def prefill_configs(
         param_dtype=tl[param_dtype], raw_gates=raw_gates, l2norm=l2norm, varlen=varlen, scale=float(scale),
         wgmma=arch == "sm_90a",
     )
+    prep = dataclasses.replace(prep, **(prep_overrides or {}))
     tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
     if block_v is not None:
         tile["block_v"] = block_v
@@ -112,6 +115,7 @@ def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
     has_h0: bool, store_ht: bool, num_seqs: int, parts: int, block_v: int | None, overrides: tuple,
+    prep_overrides: tuple,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
@@ -120,7 +124,7 @@ def _make_plan(
         param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
         raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
         num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
-        parts=parts,
+        parts=parts, prep_overrides=dict(prep_overrides),
     )
     warmup = None if parts == 1 else compiler(chunk_scan.program, warmup_config(scan_cfg, has_h0), arch)
     return LaunchPlan(
@@ -201,14 +205,14 @@ def gdn_prefill(
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
     scan_overrides: dict | None = None, prep_only: bool = False, context_parallel: bool = True,
-    parts: int | None = None,
+    parts: int | None = None, prep_overrides: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
     q, k [B,T,Hk,128]; v [B,T,Hv,128] bf16/fp16; g, beta [B,T,Hv]; initial_state [N,Hv,128,128] fp32
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
-    (contiguous, those shapes and dtypes) receive the results when given; block_v and scan_overrides
-    override the scan tile config, prep_only stops after the first launch (for timing it).
+    (contiguous, those shapes and dtypes) receive the results when given; block_v, scan_overrides and prep_overrides
+    override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it).
     Per call this runs two kernels (three with context parallelism), makes five allocations (six) and
     views the inputs: q, k, v, g and beta are read through their token strides (`input_rows`; only a
     layout the kernels cannot read is copied); everything else is looked up by the call's signature.
@@ -242,6 +246,7 @@ def gdn_prefill(
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
         output_final_state, num_seqs, parts, block_v,
         tuple(sorted(scan_overrides.items())) if scan_overrides else (),
+        tuple(sorted(prep_overrides.items())) if prep_overrides else (),
     )
     plan = _plans.get(key)
     if plan is None:
