@@ -1,7 +1,8 @@
-"""Host (CPU) time of one GDN prefill call, stage by stage, with the kernels replaced by no-ops.
+"""Host (CPU) time of one GDN prefill call, stage by stage, and of every public op of a 0.8B model's
+layers, with the kernels replaced by no-ops.
 
     python benchmarks/host_overhead.py [--tokens 16 256] [--value-heads 16 32] [--device cpu|meta]
-        [--repeats 2000]
+        [--repeats 2000] [--ops-only]
 
 Runs anywhere (no GPU): the inputs are CPU (or meta) tensors shaped as the runtime's GDN layer
 passes them (qla_agent/runtime/layers/gdn.py: q/k/v column slices of the conv output, raw gates a/b
@@ -22,6 +23,14 @@ what is timed is the Python path alone. Stages:
   tilelang    one kernel call: TileLang's JITKernel wrapper (tvm_ffi adapter) around an FFI entry
               that does nothing, vs that FFI entry called directly (build.entry); 15 arguments as
               chunk_scan's. Skipped without nvcc (the stand-in kernel is compiled for sm_90a).
+
+ops         each public op of qla_agent.kernels as the runtime's layers call it for a 0.8B-shaped model
+            (hidden 1024; GDN 16/16 heads of 128, conv_dim 6144; MLP intermediate 3584; attention 8 query
+            and 2 key heads of 256 with RoPE on 64 dims), for T = 8192 prefill rows and one decode row,
+            in the layouts the layers pass (views of the projections read in place), then summed per GDN
+            layer, per attention layer and per model (18 GDN + 6 attention layers and the final norm).
+            With --device cpu the decode ops' slots are CPU tensors, whose values the checks read on
+            every call; --device meta times them as on CUDA.
 
 Each number is the best of 5 rounds of `--repeats` calls, in microseconds per call. CPU allocations
 are kept off mmap (glibc mallopt), as the CUDA caching allocator makes no system call either; the
@@ -51,12 +60,14 @@ HEAD_DIM = 128
 
 
 def keep_allocations_off_mmap() -> None:
-    """Serve CPU allocations up to 32 MB from the heap and never trim it (glibc only; else a no-op)."""
+    """Serve every CPU allocation from the heap and never trim it (glibc only; else a no-op): the 0.8B
+    model's prefill outputs (up to 100 MB) would each be a fresh mmap otherwise."""
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     if libc is not None and hasattr(libc, "mallopt"):
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
         libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_mmap_max, 0)
         libc.mallopt(m_trim_threshold, 1 << 30)
 
 
@@ -142,6 +153,93 @@ def stage_times(x: dict, repeats: int) -> dict[str, float]:
     }
 
 
+HIDDEN, INTERMEDIATE, CONV_WIDTH = 1024, 3584, 4
+ATTENTION_HEADS, ATTENTION_KV_HEADS, ATTENTION_DIM, ROTARY_DIM = 8, 2, 256, 64
+GDN_LAYERS, ATTENTION_LAYERS = 18, 6
+GDN_LAYER_OPS = ("add_rms_norm", "causal_conv1d", "gdn_prefill", "gated_rms_norm", "add_rms_norm", "silu_and_mul")
+ATTENTION_LAYER_OPS = (
+    "add_rms_norm", "rms_norm_rope q", "rms_norm_rope k", "sigmoid_gate_mul", "add_rms_norm", "silu_and_mul",
+)
+
+
+def model_op_calls(tokens: int, device: torch.device) -> dict[str, Callable[[], object]]:
+    """Each public op called as the 0.8B model's layers call it on `tokens` rows (one row: a decode step,
+    whose GDN ops are causal_conv1d_update and gdn_decode; the names of the prefill ones are kept so the
+    layer sums read alike)."""
+    from qla_agent import kernels
+
+    bf16, hd, conv_dim = torch.bfloat16, HEAD_DIM, (3 * KEY_HEADS) * HEAD_DIM
+    decode = tokens == 1
+
+    def zeros(*shape: int, dtype: torch.dtype = bf16) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+    x, residual, norm_weight = zeros(tokens, HIDDEN), zeros(tokens, HIDDEN), zeros(HIDDEN)
+    gate_up = zeros(tokens, 2 * INTERMEDIATE)
+    # GDN: decode slices one projection [qkv | z | b | a], prefill runs one GEMM per group (compact outputs).
+    projection = zeros(tokens, conv_dim + KEY_HEADS * hd + 2 * KEY_HEADS)
+    qkv, z, _ = projection.split([conv_dim, KEY_HEADS * hd, 2 * KEY_HEADS], dim=-1)
+    if not decode:
+        qkv, z = qkv.contiguous(), z.contiguous()
+    z = z.unflatten(-1, (KEY_HEADS, hd))
+    conv_weight, o = zeros(conv_dim, CONV_WIDTH), zeros(tokens, KEY_HEADS, hd)
+    # Attention: q | gate interleaved per head, then k, v, all one projection; SDPA's output [1, heads, T, d].
+    attention = zeros(tokens, (2 * ATTENTION_HEADS + 2 * ATTENTION_KV_HEADS) * ATTENTION_DIM)
+    q_gate, k, _ = attention.split([2 * ATTENTION_HEADS * ATTENTION_DIM, ATTENTION_KV_HEADS * ATTENTION_DIM,
+                                    ATTENTION_KV_HEADS * ATTENTION_DIM], dim=-1)
+    query, gate = q_gate.unflatten(-1, (ATTENTION_HEADS, 2 * ATTENTION_DIM)).chunk(2, dim=-1)
+    k = k.unflatten(-1, (ATTENTION_KV_HEADS, ATTENTION_DIM))
+    attended = zeros(1, ATTENTION_HEADS, tokens, ATTENTION_DIM)[0].transpose(0, 1)
+    cos, sin, rope_weight = zeros(tokens, 1, ROTARY_DIM), zeros(tokens, 1, ROTARY_DIM), zeros(ATTENTION_DIM)
+    calls = {
+        "rms_norm": lambda: kernels.rms_norm(x, norm_weight, eps=1e-6),
+        "add_rms_norm": lambda: kernels.add_rms_norm(x, residual, norm_weight, eps=1e-6),
+        "gated_rms_norm": lambda: kernels.gated_rms_norm(o, z, zeros(hd), eps=1e-6),
+        "silu_and_mul": lambda: kernels.silu_and_mul(gate_up),
+        "rms_norm_rope q": lambda: kernels.rms_norm_rope(query, rope_weight, cos, sin, eps=1e-6),
+        "rms_norm_rope k": lambda: kernels.rms_norm_rope(k, rope_weight, cos, sin, eps=1e-6),
+        "sigmoid_gate_mul": lambda: kernels.sigmoid_gate_mul(attended, gate),
+    }
+    if decode:
+        conv_pool, slots = zeros(1, conv_dim, CONV_WIDTH - 1), torch.arange(1, device=device)
+        u = zeros(1, conv_dim)
+        q_, k_, v_ = (t.unflatten(-1, (KEY_HEADS, hd)) for t in u.split([KEY_HEADS * hd] * 3, dim=-1))
+        ba = projection[:, -2 * KEY_HEADS:]
+        state = zeros(1, KEY_HEADS, hd, hd, dtype=torch.float32)
+        gate_params = dict(A_log=zeros(KEY_HEADS, dtype=torch.float32), dt_bias=zeros(KEY_HEADS, dtype=torch.float32))
+        calls["causal_conv1d"] = lambda: kernels.causal_conv1d_update(qkv, conv_weight, conv_pool, slots)
+        calls["gdn_prefill"] = lambda: kernels.gdn_decode(
+            q_, k_, v_, ba[:, KEY_HEADS:], ba[:, :KEY_HEADS], state, slots, scale=hd**-0.5, use_qk_l2norm=True,
+            **gate_params,
+        )
+    else:
+        conv_state = zeros(1, conv_dim, CONV_WIDTH - 1)
+        gdn = layer_inputs(tokens, KEY_HEADS, device)
+        calls["causal_conv1d"] = lambda: kernels.causal_conv1d(qkv[None], conv_weight, conv_state=conv_state)
+        calls["gdn_prefill"] = lambda: kernels.gdn_prefill(**gdn)
+    return calls
+
+
+def model_op_times(tokens: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Microseconds per call of each public op (under pretend_h100), and the sums per layer and model."""
+    times = {name: per_call_us(call, repeats) for name, call in model_op_calls(tokens, device).items()}
+    gdn_layer = sum(times[name] for name in GDN_LAYER_OPS)
+    attention_layer = sum(times[name] for name in ATTENTION_LAYER_OPS)
+    times["GDN layer"], times["attention layer"] = gdn_layer, attention_layer
+    times["model"] = GDN_LAYERS * gdn_layer + ATTENTION_LAYERS * attention_layer + times["add_rms_norm"]
+    return times
+
+
+def print_model_op_times(device: torch.device, repeats: int) -> None:
+    print(f"\npublic ops of a 0.8B model, host microseconds per call ({device.type} tensors, no-op kernels)")
+    prefill, decode = model_op_times(8192, device, repeats), model_op_times(1, device, repeats)
+    print("| op | T=8192 | T=1 |")
+    print("|---|---|---|")
+    for name in prefill:
+        label = {"causal_conv1d": "causal_conv1d (_update)", "gdn_prefill": "gdn_prefill (gdn_decode)"}.get(name, name)
+        print(f"| {label} | {prefill[name]:.1f} | {decode[name]:.1f} |")
+
+
 def _stand_in_program():
     """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 7 int scalars)."""
     import tilelang.language as T
@@ -193,10 +291,15 @@ def main() -> None:
     parser.add_argument("--value-heads", type=int, nargs="*", default=[16])
     parser.add_argument("--device", default="cpu", choices=("cpu", "meta"))
     parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--ops-only", action="store_true", help="only the public ops of a 0.8B model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_allocations_off_mmap()
     device = torch.device(args.device)
+    if args.ops_only:
+        with pretend_h100(device):
+            print_model_op_times(device, args.repeats)
+        return
     print(f"host microseconds per call ({args.device} tensors, no-op kernels, best of 5 x {args.repeats})")
     stages = ("checks", "signature", "dispatch", "launcher", "public")
     print("| inputs | " + " | ".join(stages) + " |")
@@ -213,6 +316,7 @@ def main() -> None:
                     t = stage_times(x, args.repeats)
                     cells = " | ".join(f"{t[stage]:.1f}" for stage in stages)
                     print(f"| T={tokens} {KEY_HEADS}/{hv} {layout} | {cells} |")
+        print_model_op_times(device, args.repeats)
     calls = tilelang_call_times(args.repeats)
     if calls is None:
         print("tilelang call: skipped (no nvcc)")
