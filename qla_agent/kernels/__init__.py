@@ -3,14 +3,15 @@
 Every function takes impl="auto" | "tilelang" | "reference" (see `dispatch`); QLA_KERNEL_IMPL=reference
 forces the reference. The math, shapes and dtypes are documented in `reference`, `reference_conv` and `reference_norms`.
 Inputs are validated here (ValueError naming the argument and the expected shape) before any backend
-sees them; gdn_prefill, the runtime's host-bound call, does it once per signature (`checks.prefill_signature`:
-everything but T) and remembers the backend chosen for it (`dispatch.remembered`).
+sees them, once per signature (`checks.call_signature`: every tensor's shape, strides, dtype and device;
+gdn_prefill's `checks.prefill_signature` leaves T out): a fast backend chosen for a signature is
+remembered and a call that repeats it goes straight there (`dispatch.call`), as the runtime's layers do.
 """
 
 import torch
 
 from qla_agent.kernels import checks, checks_norms
-from qla_agent.kernels.dispatch import remembered, resolve
+from qla_agent.kernels.dispatch import call
 from qla_agent.kernels.reference import gdn_gates
 
 __all__ = [
@@ -31,23 +32,16 @@ def gdn_prefill(
     initial_state [N,Hv,K,V] fp32 (N = B, or len(cu_seqlens) - 1 with B = 1)
     -> o [B,T,Hv,V] in v.dtype, final_state [N,Hv,K,V] fp32 (None unless output_final_state).
     """
-    # A signature checked and sent to a fast backend before (any T) goes straight there.
-    signature = checks.prefill_signature(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias)
-    fn = remembered("gdn_prefill", impl, signature)
-    if fn is None:
-        checks.check_gdn_prefill(
-            q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
-        )
-        arguments = dict(
-            q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-            output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
-            A_log=A_log, dt_bias=dt_bias,
-        )
-        fn = resolve("gdn_prefill", impl, arguments, signature=signature)
-    return fn(
-        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm, A_log=A_log, dt_bias=dt_bias,
+    arguments = dict(
+        q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+        A_log=A_log, dt_bias=dt_bias,
     )
+    # Any T of a signature checked before goes to the backend chosen for it.
+    signature = checks.prefill_signature(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias)
+    return call("gdn_prefill", impl, arguments, lambda: checks.check_gdn_prefill(
+        q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
+    ), signature=signature)
 
 
 def gdn_decode(
@@ -60,12 +54,13 @@ def gdn_decode(
     q, k [N,Hk,K]; v [N,Hv,V]; g, beta [N,Hv]; state [S,Hv,K,V] fp32; slots [N] int32/int64, distinct
     -> o [N,Hv,V] in v.dtype.
     """
-    checks.check_gdn_decode(q, k, v, g, beta, state, slots, A_log=A_log, dt_bias=dt_bias)
     arguments = dict(
         q=q, k=k, v=v, g=g, beta=beta, state=state, slots=slots, scale=scale, use_qk_l2norm=use_qk_l2norm,
         A_log=A_log, dt_bias=dt_bias,
     )
-    return resolve("gdn_decode", impl, arguments)(**arguments)
+    return call("gdn_decode", impl, arguments, lambda: checks.check_gdn_decode(
+        q, k, v, g, beta, state, slots, A_log=A_log, dt_bias=dt_bias
+    ))
 
 
 def causal_conv1d(
@@ -77,9 +72,10 @@ def causal_conv1d(
     x [B,T,C]; weight [C,W]; conv_state [N,C,W-1] (last W-1 inputs before this call, zeros if None)
     -> y [B,T,C] in x.dtype, final_conv_state [N,C,W-1].
     """
-    checks.check_conv(x, weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
     arguments = dict(x=x, weight=weight, conv_state=conv_state, cu_seqlens=cu_seqlens)
-    return resolve("causal_conv1d", impl, arguments)(**arguments)
+    return call("causal_conv1d", impl, arguments, lambda: checks.check_conv(
+        x, weight, conv_state=conv_state, cu_seqlens=cu_seqlens
+    ))
 
 
 def causal_conv1d_update(
@@ -88,9 +84,8 @@ def causal_conv1d_update(
 ) -> torch.Tensor:
     """One token per sequence: x [N,C]; conv_state pool [S,C,W-1] updated in place at rows slots
     (rows 0..N-1 if None) -> y [N,C] in x.dtype."""
-    checks.check_conv_update(x, weight, conv_state, slots)
     arguments = dict(x=x, weight=weight, conv_state=conv_state, slots=slots)
-    return resolve("causal_conv1d_update", impl, arguments)(**arguments)
+    return call("causal_conv1d_update", impl, arguments, lambda: checks.check_conv_update(x, weight, conv_state, slots))
 
 
 def rms_norm(
@@ -100,9 +95,8 @@ def rms_norm(
 
     y = rms(x) * (1 + w) (zero_centered, the weight stores w - 1) or rms(x) * w, in fp32.
     """
-    checks_norms.check_rms_norm(x, weight, eps=eps)
     arguments = dict(x=x, weight=weight, eps=eps, zero_centered=zero_centered)
-    return resolve("rms_norm", impl, arguments)(**arguments)
+    return call("rms_norm", impl, arguments, lambda: checks_norms.check_rms_norm(x, weight, eps=eps))
 
 
 def rms_norm_rope(
@@ -113,9 +107,10 @@ def rms_norm_rope(
 
     y = rms_norm(x) rounded to x.dtype, then neox-rotated on dims [0, R) in x.dtype arithmetic.
     """
-    checks_norms.check_rms_norm_rope(x, weight, cos, sin, eps=eps)
     arguments = dict(x=x, weight=weight, cos=cos, sin=sin, eps=eps)
-    return resolve("rms_norm_rope", impl, arguments)(**arguments)
+    return call("rms_norm_rope", impl, arguments, lambda: checks_norms.check_rms_norm_rope(
+        x, weight, cos, sin, eps=eps
+    ))
 
 
 def add_rms_norm(
@@ -126,9 +121,10 @@ def add_rms_norm(
 
     s = x + residual rounded to x.dtype (the next residual), y = rms_norm(s).
     """
-    checks_norms.check_rms_norm(x, weight, eps=eps, residual=residual)
     arguments = dict(x=x, residual=residual, weight=weight, eps=eps, zero_centered=zero_centered)
-    return resolve("add_rms_norm", impl, arguments)(**arguments)
+    return call("add_rms_norm", impl, arguments, lambda: checks_norms.check_rms_norm(
+        x, weight, eps=eps, residual=residual
+    ))
 
 
 def gated_rms_norm(
@@ -138,24 +134,19 @@ def gated_rms_norm(
 
     y = (w * rms(x) in x.dtype) * silu(z in fp32), rounded to x.dtype.
     """
-    checks_norms.check_gated_rms_norm(x, z, weight, eps=eps)
     arguments = dict(x=x, z=z, weight=weight, eps=eps)
-    return resolve("gated_rms_norm", impl, arguments)(**arguments)
+    return call("gated_rms_norm", impl, arguments, lambda: checks_norms.check_gated_rms_norm(x, z, weight, eps=eps))
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     """The MLP activation: gate, up [..., I] -> silu(gate) * up [..., I] (== F.silu(gate) * up)."""
-    checks_norms.check_silu_mul(gate, up)
-    arguments = dict(gate=gate, up=up)
-    return resolve("silu_mul", impl, arguments)(**arguments)
+    return call("silu_mul", impl, dict(gate=gate, up=up), lambda: checks_norms.check_silu_mul(gate, up))
 
 
 def sigmoid_gate_mul(x: torch.Tensor, gate: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     """The gated attention output: x, gate [..., D] (either may be strided, e.g. gate the gate columns of
     q_proj) -> x * sigmoid(gate) [..., D], contiguous in the TileLang kernel (== x * torch.sigmoid(gate))."""
-    checks_norms.check_sigmoid_gate_mul(x, gate)
-    arguments = dict(x=x, gate=gate)
-    return resolve("sigmoid_gate_mul", impl, arguments)(**arguments)
+    return call("sigmoid_gate_mul", impl, dict(x=x, gate=gate), lambda: checks_norms.check_sigmoid_gate_mul(x, gate))
 
 
 def silu_and_mul(gate_up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:

@@ -201,6 +201,34 @@ def prefill_signature(
         return None
 
 
+# Index tensors: the checks read their values when they live on the CPU (slots, cu_seqlens).
+_INDEX_DTYPES = frozenset({torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool})
+# Plain values a key holds as (type, value): eps is checked by value, and True == 1 must not pass for 1.
+_KEYED_VALUES = frozenset({float, int, bool, str, type(None)})
+
+
+def call_signature(arguments: dict[str, object]) -> tuple | None:
+    """A key that decides an op's checks and a backend's `supports` for every call sharing it: each tensor
+    argument's shape, strides, dtype and device, every other argument as (type, value), in order. None
+    (check this call) for a CPU index tensor, whose values the checks read, or an argument of another type.
+
+    Shapes are kept whole (T included): supports reads layouts whose meaning can change with T (rows that
+    collapse only at T = 1, the conv's int32 span), so a new length is checked once per op and layout.
+    """
+    key = []
+    for value in arguments.values():
+        if isinstance(value, torch.Tensor):
+            dtype = value.dtype
+            if dtype in _INDEX_DTYPES and value.device.type == "cpu":
+                return None
+            key.append((value.shape, value.stride(), dtype, value.device))
+        elif value.__class__ in _KEYED_VALUES:
+            key.append((value.__class__, value))
+        else:
+            return None
+    return tuple(key)
+
+
 def check_slots(slots: torch.Tensor, count: int, pool_size: int, pool_name: str) -> None:
     """Validate pool row indices [N]: integer, in [0, S) and distinct (values checked on CPU only)."""
     _expect_ndim("slots", slots, 1, "[N]")

@@ -16,10 +16,11 @@ ValueError with the reason instead of falling back. The environment variable QLA
 overrides: "reference" forces the reference everywhere (debugging), "tilelang" makes "auto" strict.
 
 A call's choice can be remembered by a signature: a key that decides both the op's checks and
-`supports` (e.g. `checks.prefill_signature`). `resolve(..., signature=)` keeps a fast function it
-chose under (op, impl, QLA_KERNEL_IMPL as set, signature), and `remembered` returns it for a later
-call with the same key, which then skips the checks, the backend import test and `supports`.
-Falling back is never remembered (each such call is resolved, and logged once, as before).
+`supports` (`checks.call_signature`, or gdn_prefill's `checks.prefill_signature`, which leaves T out).
+`resolve(..., signature=)` keeps a fast function it chose under (op, impl, QLA_KERNEL_IMPL as set,
+signature), and `remembered` returns it for a later call with the same key, which then skips the
+checks, the backend import test and `supports`. Falling back is never remembered (each such call is
+resolved, and logged once, as before). `call` is the whole path, for the public entry points.
 """
 
 import importlib
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from qla_agent.kernels import reference, reference_conv, reference_norms
+from qla_agent.kernels.checks import call_signature
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +155,17 @@ def resolve(
         raise ValueError(f"impl='tilelang' cannot run {op}: {reason}; pass impl='auto' to fall back to the reference")
     _log_fallback(op, reason, on_cuda=device.type == "cuda")
     return REFERENCE_OPS[op]
+
+
+def call(
+    op: str, impl: str, arguments: dict[str, Any], check: Callable[[], object], *, signature: tuple | None = None
+) -> Any:
+    """Run `op` on `arguments` (the call's arguments by name, without impl): the fast function remembered
+    for the call's signature (`checks.call_signature(arguments)` unless given), else `check()` (the op's
+    validation, raising its ValueError) and `resolve`."""
+    key = call_signature(arguments) if signature is None else signature
+    fn = remembered(op, impl, key)
+    if fn is None:
+        check()
+        fn = resolve(op, impl, arguments, signature=key)
+    return fn(**arguments)
