@@ -155,5 +155,5 @@ def silu_and_mul(gate_up: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     if not isinstance(gate_up, torch.Tensor) or gate_up.dim() < 1 or gate_up.shape[-1] % 2:
         shape = list(gate_up.shape) if isinstance(gate_up, torch.Tensor) else type(gate_up).__name__
         raise ValueError(f"gate_up must have shape [..., 2I] (gate then up), got {shape}")
-    half = gate_up.shape[-1] // 2
-    return silu_mul(gate_up[..., :half], gate_up[..., half:], impl=impl)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return silu_mul(gate, up, impl=impl)
