@@ -56,7 +56,8 @@ REFERENCE_OPS: dict[str, Callable[..., Any]] = {
 
 # The device type the fast backends run on.
 FAST_DEVICE_TYPE = "cuda"
-# Remembered choices kept at most; a handful per process (one per op, layer shape and impl).
+# Remembered choices kept at most: one per op, layout and impl, and per T for all but gdn_prefill (~10 per
+# new prompt length in the runtime); when full they are all dropped and each op resolves once again.
 MAX_ROUTES = 1024
 
 # QLA_KERNEL_IMPL as stored, read for every remembered choice: os.environ.get raises and catches a
