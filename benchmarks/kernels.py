@@ -110,14 +110,12 @@ VARIANTS = {
     "prep": dict(prep_only=True),
     "serial": dict(context_parallel=False),
     # The scan tile by hand: "cols" the column layout at 64 columns (the default before value rows);
-    # value rows at 32/64/128 columns on mma.sync, at 64/128 on wgmma (sm_90a); "_split": a second K tile.
+    # value rows at 32/64/128 columns on mma.sync, at 64/128 on wgmma (sm_90a).
     "cols": dict(block_v=64, scan_overrides=dict(value_rows=False, wgmma=False, threads=128, split_k=False)),
     "rows": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=False, split_k=False)),
-    "rows_split": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=False, split_k=True)),
     "rows32": dict(block_v=32, scan_overrides=dict(value_rows=True, threads=64, wgmma=False, split_k=False)),
     "rows128": dict(block_v=128, scan_overrides=dict(value_rows=True, threads=256, wgmma=False, split_k=False)),
     "rows_wg": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=False)),
-    "rows_wg_split": dict(block_v=64, scan_overrides=dict(value_rows=True, threads=128, wgmma=True, split_k=True)),
     "rows128_wg": dict(block_v=128, scan_overrides=dict(value_rows=True, threads=256, wgmma=True, split_k=False)),
     # What sm_80-89 run (mma.sync in both kernels), on a Hopper card.
     "portable": dict(prep_overrides=dict(wgmma=False), scan_overrides=dict(wgmma=False)),

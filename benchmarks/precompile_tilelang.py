@@ -80,10 +80,10 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
         pairs += _scan_pairs(call, seqlen, common)
     # test_value_rows_scan_matches_reference: the test cases' calls at each value-rows tile width.
     for call, seqlen in calls[:len(CASES) + len(CP_CASES)]:
-        for block_v, wgmma, split_k in VALUE_ROW_VARIANTS:
+        for block_v, wgmma in VALUE_ROW_VARIANTS:
             if wgmma and arch != "sm_90a":
                 continue
-            rows = dict(value_rows=True, threads=2 * block_v, split_k=split_k, wgmma=wgmma)
+            rows = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
             pairs += _scan_pairs(call, seqlen, common, block_v=block_v, scan_overrides=rows)
     # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [

@@ -61,6 +61,8 @@ def test_scan_configs_that_cannot_be_built_are_refused() -> None:
         dataclasses.replace(scan, threads=64, block_v=32)
     with pytest.raises(ValueError, match="wgmma needs value_rows"):
         dataclasses.replace(scan, value_rows=False)
+    with pytest.raises(ValueError, match="value_rows has no second K tile"):
+        dataclasses.replace(scan, split_k=True)
 
 
 def test_wgmma_configs_compile_only_for_sm_90a() -> None:

@@ -155,20 +155,16 @@ def test_prefill_matches_reference(case: PrefillCase) -> None:
         assert ht is None
 
 
-# The scan's value-rows layout (ScanConfig.value_rows) as (block_v, wgmma, split_k): each tile width on
-# mma.sync, the 4- and 8-warp tiles on wgmma (sm_90a), the 64-column tile with a second K tile.
-VALUE_ROW_VARIANTS = [
-    (32, False, False), (64, False, False), (128, False, False), (64, True, False), (128, True, False),
-    (64, False, True), (64, True, True),
-]
+# The scan's value-rows layout (ScanConfig.value_rows) as (block_v, wgmma): each tile width on mma.sync,
+# the 4- and 8-warp tiles on wgmma (sm_90a).
+VALUE_ROW_VARIANTS = [(32, False), (64, False), (128, False), (64, True), (128, True)]
 
 
 @pytest.mark.parametrize(
-    ("block_v", "wgmma", "split_k"), VALUE_ROW_VARIANTS,
-    ids=[f"bv{b}{'-wgmma' * w}{'-split' * k}" for b, w, k in VALUE_ROW_VARIANTS],
+    ("block_v", "wgmma"), VALUE_ROW_VARIANTS, ids=[f"bv{b}{'-wgmma' * w}" for b, w in VALUE_ROW_VARIANTS]
 )
 @pytest.mark.parametrize("case", CASES + CP_CASES, ids=[c.id for c in CASES + CP_CASES])
-def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmma: bool, split_k: bool) -> None:
+def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmma: bool) -> None:
     """The transposed scan (S^T in registers, 16 value columns per warp) against the fp64 reference, the
     warm-up of context parallelism included, at each of its tile widths."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
@@ -184,7 +180,7 @@ def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmm
         fp64["q"], fp64["k"], fp64["v"], fp64["g"], fp64["beta"], **_kwargs(case, {**x, **fp64})
     )
     _poison_allocator(device)
-    overrides = dict(value_rows=True, threads=2 * block_v, split_k=split_k, wgmma=wgmma)
+    overrides = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
     o, ht = gdn_prefill(
         x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, block_v=block_v,
         scan_overrides=overrides, **_kwargs(case, x),

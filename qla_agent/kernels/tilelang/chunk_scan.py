@@ -63,8 +63,8 @@ class ScanConfig:
     block_v: int = 64
     threads: int = 128
     num_stages: int = 1
-    # A second K tile for the state update: the first one's last use is then at the top of a chunk,
-    # so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
+    # Column layout: a second K tile for the state update: the first one's last use is then at the top of
+    # a chunk, so its prefetch for the next chunk overlaps this chunk's work (pays off only with block_v = 16).
     split_k: bool = False
     # The warm-up of context parallelism: partition starting states, no outputs (dense inputs only).
     warmup: bool = False
@@ -75,6 +75,8 @@ class ScanConfig:
     wgmma: bool = False
 
     def __post_init__(self):
+        if self.value_rows and self.split_k:
+            raise ValueError("value_rows has no second K tile (it measured slower: benchmarks/NOTES.md, session 6)")
         if self.wgmma and not (self.value_rows and self.threads % 128 == 0):
             raise ValueError("wgmma needs value_rows (A operands in registers) on whole warpgroups (128 threads)")
         if self.value_rows and self.block_v != 16 * (self.threads // 32):
@@ -91,8 +93,7 @@ def _step_buffers(cfg: ScanConfig) -> dict:
     if cfg.value_rows:
         # Loaded tiles in shared memory; the warp's rows of every intermediate in registers.
         specs = dict(
-            q_s=("shared", dt, (C, D)), k_s=("shared", dt, (C, D)),
-            k2_s=("shared", dt, (C, D) if cfg.split_k else (1, 8)), v_s=("shared", dt, (C, BV + ROW_PAD)),
+            q_s=("shared", dt, (C, D)), k_s=("shared", dt, (C, D)), v_s=("shared", dt, (C, BV + ROW_PAD)),
             t_s=("shared", dt, (C, C)), p_s=("shared", dt, (C, C)), vec_s=("shared", f32, (4, C)),
             o_s=("shared", dt, (C, BV + ROW_PAD)), s_b=("fragment", dt, (BV, D)), x=("fragment", f32, (BV, C)),
             w=("fragment", dt, (BV, C)), uf=("fragment", f32, (BV, C)), u=("fragment", dt, (BV, C)),
@@ -174,12 +175,10 @@ def program(cfg: ScanConfig):
     @T.macro
     def row_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
         # S is S^T [block_v, 128]; every fragment here has the warps' value columns as rows.
-        q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = b.values()
+        q_s, k_s, v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = b.values()
         if outputs:
             T.copy(q[bos:bos + C, hk, 0:D], q_s)
         T.copy(k[bos:bos + C, hk, 0:D], k_s)
-        if cfg.split_k:
-            T.copy(k[bos:bos + C, hk, 0:D], k2_s)
         T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
         T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
         if outputs:
@@ -206,7 +205,7 @@ def program(cfg: ScanConfig):
                 ud[r, c] = T.cast(uf[r, c] * vec_s[2, c], dt)
         for r, kk in T.Parallel(BV, D):
             S[r, kk] = S[r, kk] * lam[0]
-        T.gemm(ud, k2_s if cfg.split_k else k_s, S, policy=ROWS)  # S^T += (U^T diag(d)) K
+        T.gemm(ud, k_s, S, policy=ROWS)  # S^T += (U^T diag(d)) K
         if outputs:
             for r, c in T.Parallel(BV, C):
                 o_s[c, r] = T.cast(y[r, c], dt)
