@@ -53,16 +53,20 @@ def _scan_pairs(call: dict, seqlen: int, common: dict, context_parallel: bool = 
     return pairs
 
 
+def _case_call(c) -> tuple[dict, int]:
+    """(prefill_configs arguments but the shared ones, tokens per sequence) of a prefill test case."""
+    return dict(
+        key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, gate_dtype=c.gate_dtype, raw_gates=c.raw_gates,
+        l2norm=c.l2norm, varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht,
+        num_seqs=len(c.lens) if c.lens else c.shape.B,
+    ), c.shape.T
+
+
 def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     """(program, config) pairs for the test cases and benchmark shapes on `arch`."""
     common = dict(scale=128**-0.5, param_dtype=torch.float32, arch=arch, sm_count=H100_SMS)
     # (prefill_configs arguments, tokens per sequence)
-    calls = [
-        (dict(key_heads=c.shape.Hk, value_heads=c.shape.Hv, dtype=c.dtype, gate_dtype=c.gate_dtype,
-              raw_gates=c.raw_gates, l2norm=c.l2norm, varlen=c.lens is not None, has_h0=c.h0, store_ht=c.store_ht,
-              num_seqs=len(c.lens) if c.lens else c.shape.B), c.shape.T)
-        for c in (*CASES, *CP_CASES, *LAYOUT_CASES)
-    ]
+    calls = [_case_call(c) for c in (*CASES, *CP_CASES, *LAYOUT_CASES)]
     calls.append((dict(key_heads=2, value_heads=4, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
                        has_h0=True, store_ht=True, num_seqs=1), 300))
     calls.append((dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
@@ -79,7 +83,7 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     for call, seqlen in calls:
         pairs += _scan_pairs(call, seqlen, common)
     # test_value_rows_scan_matches_reference: the test cases' calls at each value-rows tile width.
-    for call, seqlen in calls[:len(CASES) + len(CP_CASES)]:
+    for call, seqlen in (_case_call(c) for c in (*CASES, *CP_CASES)):
         for block_v, wgmma in VALUE_ROW_VARIANTS:
             if wgmma and arch != "sm_90a":
                 continue

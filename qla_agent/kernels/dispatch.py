@@ -154,7 +154,7 @@ def resolve(
         return fn
     if chosen == "tilelang":
         raise ValueError(f"impl='tilelang' cannot run {op}: {reason}; pass impl='auto' to fall back to the reference")
-    _log_fallback(op, reason, on_cuda=device.type == "cuda")
+    _log_fallback(op, reason, on_cuda=device.type == FAST_DEVICE_TYPE)
     return REFERENCE_OPS[op]
 
 
