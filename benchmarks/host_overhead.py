@@ -16,12 +16,12 @@ what is timed is the Python path alone. Stages:
   signature   checks.prefill_signature (what a repeated signature pays instead: T compared, the
               rest of the key built)
   dispatch    dispatch.remembered (the fast function chosen for that signature, looked up)
-  launcher    tilelang.prefill.gdn_prefill with no-op kernels (configs, kernel lookup, views,
-              copies of strided inputs, allocations)
+  launcher    tilelang.prefill.gdn_prefill with no-op kernels (configs, kernel lookup, the inputs'
+              strides, copies of layouts the kernels cannot read, allocations)
   public      qla_agent.kernels.gdn_prefill itself, dispatching to the TileLang backend (what one
               layer pays before the GPU sees a kernel, plus the kernel calls below)
   tilelang    one kernel call: TileLang's JITKernel wrapper (tvm_ffi adapter) around an FFI entry
-              that does nothing, vs that FFI entry called directly (build.entry); 15 arguments as
+              that does nothing, vs that FFI entry called directly (build.entry); 19 arguments as
               chunk_scan's. Skipped without nvcc (the stand-in kernel is compiled for sm_90a).
 
 ops         each public op of qla_agent.kernels as the runtime's layers call it for a 0.8B-shaped model
@@ -241,22 +241,24 @@ def print_model_op_times(device: torch.device, repeats: int) -> None:
 
 
 def _stand_in_program():
-    """A kernel with chunk_scan's parameter kinds (10 tensors with a dynamic token dim, 7 int scalars)."""
+    """A kernel with chunk_scan's parameter kinds (9 tensors, q/k/v/o with dynamic batch and token dims,
+    tpmat and the vectors with a dynamic chunk dim; 10 int scalars)."""
     import tilelang.language as T
 
-    n = T.dynamic("n")
+    b, n, c = T.dynamic("b"), T.dynamic("n"), T.dynamic("c")
     f32 = "float32"
 
     @T.prim_func
     def main(
-        q: T.Tensor((n, 16, 128), f32), k: T.Tensor((n, 16, 128), f32), v: T.Tensor((n, 16, 128), f32),
-        t: T.Tensor((n, 16, 64), f32), p: T.Tensor((n, 16, 64), f32), w: T.Tensor((n, 16, 4), f32),
-        h0: T.Tensor((1, 16, 128, 128), f32), cu: T.Tensor((2,), "int32"), o: T.Tensor((n, 16, 128), f32),
+        q: T.Tensor((b, n, 16, 128), f32), k: T.Tensor((b, n, 16, 128), f32), v: T.Tensor((b, n, 16, 128), f32),
+        tp: T.Tensor((c, 16, 2, 64, 64), f32), w: T.Tensor((c, 16, 4, 64), f32),
+        h0: T.Tensor((1, 16, 128, 128), f32), cu: T.Tensor((2,), "int32"), o: T.Tensor((b, n, 16, 128), f32),
         ht: T.Tensor((1, 16, 128, 128), f32), seq_len: T.int32, n_seqs: T.int32, parts: T.int32,
-        part_chunks: T.int32, q_stride8: T.int32, k_stride8: T.int32, v_stride8: T.int32,
+        part_chunks: T.int32, q_batch8: T.int32, q_token8: T.int32, k_batch8: T.int32, k_token8: T.int32,
+        v_batch8: T.int32, v_token8: T.int32,
     ):
         with T.Kernel(1, threads=32):
-            o[0, 0, 0] = q[0, 0, 0]
+            o[0, 0, 0, 0] = q[0, 0, 0, 0]
 
     return main
 
@@ -271,9 +273,9 @@ def tilelang_call_times(repeats: int) -> dict[str, float] | None:
     from qla_agent.kernels.tilelang import build
 
     kernel = tilelang.compile(_stand_in_program(), target={"kind": "cuda", "arch": "sm_90a"})
-    args = [torch.zeros(s) for s in ((16, 16, 128),) * 3 + ((16, 16, 64),) * 2 + ((16, 16, 4), (1, 16, 128, 128))]
-    args += [torch.zeros(2, dtype=torch.int32), torch.zeros(16, 16, 128), torch.zeros(1, 16, 128, 128), 16, 1]
-    args += [1, 1, 256, 256, 256]
+    args = [torch.zeros(s) for s in ((1, 16, 16, 128),) * 3 + ((1, 16, 2, 64, 64), (1, 16, 4, 64), (1, 16, 128, 128))]
+    args += [torch.zeros(2, dtype=torch.int32), torch.zeros(1, 16, 16, 128), torch.zeros(1, 16, 128, 128), 16, 1]
+    args += [1, 1, 0, 256, 0, 256, 0, 256]
     entry = build.entry(kernel)
     assert entry is not kernel, "build.entry must unwrap a tvm_ffi kernel"
     nop = tvm_ffi.get_global_func("testing.nop")

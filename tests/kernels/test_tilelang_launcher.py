@@ -2,11 +2,12 @@
 
 The kernels cannot run without a GPU, so each compiled kernel is replaced by a stand-in that checks
 the call against the real prim_func (parameter order, ranks, dtypes, constant dims, one consistent
-value per symbolic dim, and strides: q, k, v, g and beta are strided buffers whose token strides
-come in as scalar arguments) and records it. Kernel numerics are tested on the GPU. Also here: the
-runtime's layout (column slices of the conv output and of the gate projection) reaches the kernels
-without copies, layouts the kernels cannot read are copied, one launch plan per call signature, and
-the FFI entry the launcher calls instead of TileLang's Python wrapper.
+value per symbolic dim, and strides: q, k, v, g and beta are strided [B, T, H(, 128)] buffers whose
+batch and token strides come in as scalar arguments) and records it. Kernel numerics are tested on the
+GPU. Also here: the runtime's layout (column slices of the conv output and of the gate projection) and
+dense batches whose rows do not collapse reach the kernels without copies or views, layouts the kernels
+cannot read are copied, one launch plan per call signature, and the FFI entry the launcher calls
+instead of TileLang's Python wrapper.
 """
 
 import shutil
@@ -46,7 +47,7 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     num_seqs = len(lens) if lens else batch
     chunks_needed = sum(-(-n // 64) for n in lens) if lens else batch * -(-seqlen // 64)
-    for name in ("tmat", "pmat", "vecs"):
+    for name in ("tpmat", "vecs"):
         assert prep[name].shape[0] >= chunks_needed and prep[name].data_ptr() == scan[name].data_ptr()
     assert scan["n_seqs"] == num_seqs and scan["o"].data_ptr() == o.data_ptr()
     assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
@@ -133,8 +134,16 @@ def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen:
     for name, call in read:
         assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
     conv_dim = (2 * hk + hv) * 128
-    assert prep["q_stride8"] == prep["k_stride8"] == scan["v_stride8"] == conv_dim // 8
-    assert prep["g_stride"] == prep["beta_stride"] == 2 * hv
+    assert prep["q_token8"] == prep["k_token8"] == scan["v_token8"] == conv_dim // 8
+    assert prep["g_token"] == prep["beta_token"] == 2 * hv
+    # One batch row: its stride is never used, and passed as 0.
+    assert prep["q_batch8"] == scan["v_batch8"] == prep["g_batch"] == 0
+
+
+def _token_slice(x: dict, start: int, stop: int) -> dict:
+    """x with q, k, v, g and beta cut to tokens start:stop of every batch row (rows that no longer collapse
+    into one token stride)."""
+    return {**x, **{n: x[n][:, start:stop] for n in ("q", "k", "v", "g", "beta")}}
 
 
 def _padded_rows(seqlen: int) -> torch.Tensor:
@@ -143,56 +152,54 @@ def _padded_rows(seqlen: int) -> torch.Tensor:
 
 
 IN_PLACE = [
-    pytest.param(lambda: _layer_views(9, 2, 4)["k"], 8 * 128, id="conv_output_slice"),
-    pytest.param(lambda: torch.randn(2, 9, 2, 128).bfloat16(), 2 * 128, id="contiguous_B2"),
-    pytest.param(lambda: _layer_views(9, 2, 4, batch=3)["v"], 8 * 128, id="conv_output_slice_B3"),
-    pytest.param(lambda: torch.randn(1, 2 * 128 + 4).bfloat16()[:, :256].view(1, 1, 2, 128), None, id="one_token"),
-    pytest.param(lambda: torch.randn(3, 8, 2, 128).bfloat16()[:, 3:4], 8 * 2 * 128, id="T1_B3"),
+    pytest.param(lambda: _layer_views(9, 2, 4)["k"], id="conv_output_slice"),
+    pytest.param(lambda: torch.randn(2, 9, 2, 128).bfloat16(), id="contiguous_B2"),
+    pytest.param(lambda: _layer_views(9, 2, 4, batch=3)["v"], id="conv_output_slice_B3"),
+    pytest.param(lambda: torch.randn(2, 12, 2, 128).bfloat16()[:, :9], id="batch_rows_do_not_collapse"),
+    pytest.param(lambda: torch.randn(1, 2 * 128 + 4).bfloat16()[:, :256].view(1, 1, 2, 128), id="one_token"),
+    pytest.param(lambda: torch.randn(3, 8, 2, 128).bfloat16()[:, 3:4], id="T1_B3"),
+    pytest.param(lambda: torch.randn(9, 2 * 128 + 4).bfloat16()[None, :, :256].unflatten(-1, (2, 128))[:, :1],
+                 id="T1_token_stride_not_multiple_of_8"),
+    pytest.param(lambda: torch.randn(9, 264).bfloat16().as_strided((1, 9, 1, 128), (5, 264, 3, 1)),
+                 id="B1_one_head_any_head_stride"),
 ]
 COPIED = [
     pytest.param(lambda: _padded_rows(9), id="token_stride_not_multiple_of_8"),
     pytest.param(lambda: torch.randn(9, 3 * 128 + 8).bfloat16()[:, 4:260].unflatten(-1, (2, 128))[None],
                  id="start_not_16_byte_aligned"),
     pytest.param(lambda: torch.randn(1, 9, 2, 256).bfloat16()[..., :128], id="head_stride_256"),
-    pytest.param(lambda: torch.randn(2, 12, 2, 128).bfloat16()[:, :9], id="batch_and_tokens_do_not_collapse"),
+    pytest.param(lambda: torch.randn(2, 9 * 260).bfloat16()[:, 4:9 * 256 + 4].view(2, 9, 2, 128),
+                 id="batch_stride_not_multiple_of_8"),
     pytest.param(lambda: torch.randn(1, 9, 128, 2).bfloat16().transpose(2, 3), id="columns_strided"),
 ]
 
 
-@pytest.mark.parametrize("make,stride", IN_PLACE)
-def test_token_rows_views_readable_layouts(make, stride: int | None) -> None:
-    from qla_agent.kernels.tilelang.prefill import token_rows
+@pytest.mark.parametrize("make", IN_PLACE)
+def test_readable_heads_are_read_in_place(make) -> None:
+    from qla_agent.kernels.tilelang.prefill import _readable_heads
 
     x = make()
-    rows, stride8 = token_rows(x)
-    assert rows.data_ptr() == x.data_ptr() and rows.shape == (x.shape[0] * x.shape[1], *x.shape[2:])
-    assert torch.equal(rows.unflatten(0, x.shape[:2]), x)
-    if stride is not None:
-        assert stride8 * 8 == rows.stride(0) == stride
+    assert _readable_heads(x) is x
 
 
 @pytest.mark.parametrize("make", COPIED)
-def test_token_rows_copies_other_layouts(make) -> None:
-    from qla_agent.kernels.tilelang.prefill import token_rows
+def test_other_head_layouts_are_copied(make) -> None:
+    from qla_agent.kernels.tilelang.prefill import _readable_heads
 
     x = make()
-    rows, stride8 = token_rows(x)
-    assert rows.data_ptr() != x.data_ptr() and rows.is_contiguous() and stride8 * 8 == rows.stride(0)
-    assert torch.equal(rows.view(x.shape), x)
+    rows = _readable_heads(x)
+    assert rows.data_ptr() != x.data_ptr() and rows.is_contiguous() and torch.equal(rows, x)
 
 
-def test_gate_rows_views_column_slices_and_copies_the_rest() -> None:
-    from qla_agent.kernels.tilelang.prefill import gate_rows
+def test_gates_with_adjacent_heads_are_read_in_place_and_others_copied() -> None:
+    from qla_agent.kernels.tilelang.prefill import _readable_gates
 
     ba = torch.randn(2, 7, 8)
-    for gates, stride in ((ba[..., 4:], 8), (ba[:1, :, :4], 8), (ba[:, :1, 4:], 7 * 8), (ba[..., 3:4], 8)):
-        rows, token = gate_rows(gates)
-        assert rows.data_ptr() == gates.data_ptr() and token == rows.stride(0) == stride
-        assert torch.equal(rows.unflatten(0, gates.shape[:2]), gates)
-    for gates in (ba.transpose(1, 2)[:, :4], ba[:, :5, :4]):
-        rows, token = gate_rows(gates)
-        assert rows.data_ptr() != gates.data_ptr() and rows.is_contiguous() and token == rows.stride(0)
-        assert torch.equal(rows.view(gates.shape), gates)
+    for gates in (ba[..., 4:], ba[:1, :, :4], ba[:, :1, 4:], ba[..., 3:4], ba[:, :5, :4], ba.transpose(1, 2)[..., :1]):
+        assert _readable_gates(gates) is gates
+    gates = ba.transpose(1, 2)[:, :4]
+    copy = _readable_gates(gates)
+    assert copy.data_ptr() != gates.data_ptr() and copy.is_contiguous() and torch.equal(copy, gates)
 
 
 def _runtime_call_with(name: str, make) -> dict:
@@ -201,35 +208,43 @@ def _runtime_call_with(name: str, make) -> dict:
     return {**x, name: make(x[name])}
 
 
-ROW_CASES = [
-    pytest.param(lambda: _layer_views(9, 2, 4), True, id="runtime_layout"),
-    pytest.param(lambda: {n: t.contiguous() for n, t in _layer_views(70, 2, 4).items()}, True, id="contiguous"),
-    pytest.param(lambda: _runtime_call_with("q", lambda q: _padded_rows(9)), False, id="q_copied"),
-    pytest.param(lambda: _runtime_call_with("v", lambda v: torch.randn(1, 9, 4, 256).bfloat16()[..., 128:]), False,
+STRIDE_CASES = [
+    pytest.param(lambda: _layer_views(9, 2, 4), id="runtime_layout"),
+    pytest.param(lambda: {n: t.contiguous() for n, t in _layer_views(70, 2, 4).items()}, id="contiguous"),
+    pytest.param(lambda: _runtime_call_with("q", lambda q: _padded_rows(9)), id="q_copied"),
+    pytest.param(lambda: _runtime_call_with("v", lambda v: torch.randn(1, 9, 4, 256).bfloat16()[..., 128:]),
                  id="v_head_stride_256"),
-    pytest.param(lambda: _runtime_call_with("g", lambda g: g.transpose(1, 2).contiguous().transpose(1, 2)), False,
+    pytest.param(lambda: _runtime_call_with("g", lambda g: g.transpose(1, 2).contiguous().transpose(1, 2)),
                  id="g_column_major"),
-    pytest.param(lambda: _layer_views(1, 2, 4), False, id="one_token"),
-    pytest.param(lambda: _layer_views(9, 2, 4, batch=3), False, id="B3"),
+    pytest.param(lambda: _layer_views(1, 2, 4), id="one_token"),
+    pytest.param(lambda: _layer_views(9, 2, 4, batch=3), id="B3"),
+    pytest.param(lambda: _token_slice(_layer_views(9, 2, 4, batch=3), 2, 7), id="B3_rows_do_not_collapse"),
 ]
 
 
-@pytest.mark.parametrize("make,one_pass", ROW_CASES)
-def test_input_rows_are_token_rows_and_gate_rows(make, one_pass: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One pass for the runtime's call (B = 1, all readable in place), else tensor by tensor: the same rows
-    (values, strides, in place or copied) and token strides either way."""
+def _kernel_stride(x: torch.Tensor, dim: int, unit: int) -> int:
+    """The stride argument the kernels get for x's dim: stride // unit, 0 for a dim of size 1."""
+    return 0 if x.shape[dim] == 1 else x.stride(dim) // unit
+
+
+@pytest.mark.parametrize("make", STRIDE_CASES)
+def test_input_strides_are_the_tensors_strides_once_each_is_readable(make) -> None:
+    """One pass over the five inputs reads them in place exactly when each one is readable, and then passes
+    each one's batch and token strides (// 8 for q, k, v); otherwise the copies are readable in place."""
     from qla_agent.kernels.tilelang import prefill
 
     x = make()
-    expected = [prefill.token_rows(x[n]) for n in ("q", "k", "v")] + [prefill.gate_rows(x[n]) for n in ("g", "beta")]
-    if one_pass:
-        monkeypatch.setattr(prefill, "token_rows", None)
-        monkeypatch.setattr(prefill, "gate_rows", None)
-    rows, strides = prefill.input_rows(x["q"], x["k"], x["v"], x["g"], x["beta"])
-    for name, row, stride, (want, want_stride) in zip(("q", "k", "v", "g", "beta"), rows, strides, expected):
-        assert stride == want_stride and row.shape == want.shape and row.stride() == want.stride(), name
-        assert (row.data_ptr() == x[name].data_ptr()) == (want.data_ptr() == x[name].data_ptr()), name
-        assert torch.equal(row, want), name
+    names = ("q", "k", "v", "g", "beta")
+    inputs = [x[n] for n in names]
+    readable = prefill.readable_inputs(*inputs)
+    in_place = all(r is t for r, t in zip(readable, inputs))
+    assert (prefill.input_strides(*inputs) is not None) == in_place
+    prep, scan = prefill.input_strides(*readable)
+    q, k, v, g, beta = readable
+    heads = [_kernel_stride(t, dim, 8) for t in (q, k) for dim in (0, 1)]
+    gates = [_kernel_stride(t, dim, 1) for t in (g, beta) for dim in (0, 1)]
+    assert prep == (*heads, *gates)
+    assert scan == (*heads, _kernel_stride(v, 0, 8), _kernel_stride(v, 1, 8))
 
 
 def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
@@ -240,14 +255,53 @@ def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
     x["q"], x["g"] = _padded_rows(70), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
     gdn_prefill(**x, use_qk_l2norm=True)
     prep = fake_kernels["chunk_prep"].calls[-1]
-    assert prep["q"].data_ptr() != x["q"].data_ptr() and torch.equal(prep["q"], x["q"][0])
-    assert prep["g"].data_ptr() != x["g"].data_ptr() and torch.equal(prep["g"], x["g"][0])
-    assert prep["k"].data_ptr() == x["k"].data_ptr() and prep["q_stride8"] == 2 * 128 // 8
+    assert prep["q"].data_ptr() != x["q"].data_ptr() and torch.equal(prep["q"], x["q"])
+    assert prep["g"].data_ptr() != x["g"].data_ptr() and torch.equal(prep["g"], x["g"])
+    assert prep["k"].data_ptr() == x["k"].data_ptr() and prep["q_token8"] == 2 * 128 // 8
     compact = {n: t.contiguous() for n, t in x.items()}
     gdn_prefill(**compact, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     assert prep["q"].data_ptr() == compact["q"].data_ptr() and scan["v"].data_ptr() == compact["v"].data_ptr()
     assert scan["h0"].data_ptr() == compact["initial_state"].data_ptr()
+
+
+def test_dense_batch_rows_are_read_in_place(fake_kernels) -> None:
+    """B > 1 with rows that do not collapse into one token stride (each batch row a slice of a longer
+    one): every input goes in as the caller's memory with its own batch and token strides."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    x = _token_slice(_layer_views(seqlen=100, hk=2, hv=4, batch=3), 10, 80)
+    o, _ = gdn_prefill(**x, use_qk_l2norm=True)
+    prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
+    for name, call in (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("v", scan)):
+        assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
+    conv_dim = (2 * 2 + 4) * 128
+    assert (scan["q_batch8"], scan["q_token8"]) == (100 * conv_dim // 8, conv_dim // 8)
+    assert (prep["beta_batch"], prep["beta_token"]) == (100 * 2 * 4, 2 * 4)
+    assert o.shape == (3, 70, 4, 128) and o.is_contiguous() and scan["o"].data_ptr() == o.data_ptr()
+
+
+def test_runtime_call_makes_four_allocations_and_no_views(fake_kernels) -> None:
+    """The runtime layer's call (views read in place, state in and out): the launcher's only tensor
+    operations are its four allocations (T and P, the vectors, o, the final state)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = _layer_views(seqlen=70, hk=2, hv=4)
+    gdn_prefill(**x, use_qk_l2norm=True)
+    with Ops() as ops:
+        gdn_prefill(**x, use_qk_l2norm=True)
+    assert sorted(ops.names) == sorted(["new_empty.default"] * 3 + ["empty_like.default"]), ops.names
 
 
 def test_launch_plan_is_shared_by_one_signature(fake_kernels) -> None:
@@ -259,7 +313,7 @@ def test_launch_plan_is_shared_by_one_signature(fake_kernels) -> None:
     first = fake_kernels["chunk_scan"]
     o2, ht2 = gdn_prefill(**_layer_views(seqlen=200, hk=2, hv=4), use_qk_l2norm=True)
     assert fake_kernels["chunk_scan"] is first and len(first.calls) == 2
-    assert first.calls[1]["seq_len"] == 200 and first.calls[1]["tmat"].shape[0] == 4
+    assert first.calls[1]["seq_len"] == 200 and first.calls[1]["tpmat"].shape[0] == 4
     assert o1.data_ptr() != o2.data_ptr() and ht1.data_ptr() != ht2.data_ptr()
     gdn_prefill(**_layer_views(seqlen=16, hk=2, hv=2), use_qk_l2norm=True)
     assert fake_kernels["chunk_scan"] is not first

@@ -242,48 +242,59 @@ def test_dispatch_uses_tilelang() -> None:
     assert rel_err(ref_o, out_o) < 2e-2
 
 
-def runtime_layout(x: dict[str, torch.Tensor], pad: int = 0) -> dict[str, torch.Tensor]:
+def runtime_layout(x: dict[str, torch.Tensor], pad: int = 0, skip: int = 0) -> dict[str, torch.Tensor]:
     """x with q, k, v as column slices of one conv output u [B, T, pad + (2 Hk + Hv) 128] and the gates as
     the halves of one [B, T, 2 Hv] projection (b first), as qla_agent/runtime/layers/gdn.py passes them.
 
     pad > 0 puts NaN columns before q, and stores the projection column-major: with a pad that is not a
-    multiple of 8 the kernels cannot read the rows in place and the launcher copies them.
+    multiple of 8 the kernels cannot read the rows in place and the launcher copies them. skip > 0 puts
+    NaN tokens before each batch row's (of u and of the projection), so the rows are slices of longer
+    ones: a batch stride other than T x the token stride, which the kernels read in place.
     """
     q, k, v = x["q"], x["k"], x["v"]
     hk, hv = q.shape[2], v.shape[2]
     packed = torch.cat([q.flatten(2), k.flatten(2), v.flatten(2)], dim=-1)
-    u = torch.full((*packed.shape[:2], pad + packed.shape[2]), float("nan"), dtype=q.dtype, device=q.device)
-    u[..., pad:] = packed
-    qs, ks, vs = u[..., pad:].split([hk * 128, hk * 128, hv * 128], dim=-1)
-    ba = torch.cat([x["beta"], x["g"]], dim=-1)
+    batch, seqlen, width = packed.shape
+    u = torch.full((batch, skip + seqlen, pad + width), float("nan"), dtype=q.dtype, device=q.device)
+    u[:, skip:, pad:] = packed
+    qs, ks, vs = u[:, skip:, pad:].split([hk * 128, hk * 128, hv * 128], dim=-1)
+    gates = torch.cat([x["beta"], x["g"]], dim=-1)
+    ba = torch.full((batch, skip + seqlen, 2 * hv), float("nan"), dtype=gates.dtype, device=gates.device)
     if pad:
         ba = ba.transpose(1, 2).contiguous().transpose(1, 2)
-    b, a = ba.chunk(2, dim=-1)
+    ba[:, skip:] = gates
+    b, a = ba[:, skip:].chunk(2, dim=-1)
     heads = dict(q=qs.unflatten(-1, (hk, 128)), k=ks.unflatten(-1, (hk, 128)), v=vs.unflatten(-1, (hv, 128)))
     return {**x, **heads, "g": a, "beta": b}
 
 
-# Configs shared with CASES (compiled once), plus the runtime's 16/16 layer with bf16 raw gates.
+# Configs shared with CASES and CP_CASES (compiled once), plus the runtime's 16/16 layer with bf16 raw gates;
+# B = 3 at T = 1 (token stride never read), B = 2 dense (with sliced rows: a batch stride of its own; the
+# context-parallel case's warm-up reads it too) and varlen.
 RUNTIME = PrefillCase(_shape(1, 100, 16, 16), l2norm=True, raw_gates=True, gate_dtype=torch.bfloat16)
 LAYOUT_CASES = [
     PrefillCase(_shape(1, 1, 2, 2)),
+    PrefillCase(_shape(3, 1, 2, 2)),
     PrefillCase(_shape(2, 63, 2, 4), l2norm=True),
     PrefillCase(_shape(1, 1000, 1, 4), h0=False, l2norm=True, raw_gates=True),
     PrefillCase(_shape(1, 493, 2, 4), lens=(1, 63, 64, 65, 300), l2norm=True),
+    CP_CASES[1],
     RUNTIME,
 ]
 
 
-@pytest.mark.parametrize("pad", [0, 4], ids=["in_place", "copied"])
+@pytest.mark.parametrize(("pad", "skip"), [(0, 0), (4, 0), (0, 5)], ids=["in_place", "copied", "sliced_rows"])
 @pytest.mark.parametrize("case", LAYOUT_CASES, ids=[c.id for c in LAYOUT_CASES])
-def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int) -> None:
-    """Strided q/k/v/gates give the compact inputs' results bit for bit, and the reference's to bf16 rounding."""
-    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, skip: int) -> None:
+    """Strided q/k/v/gates give the compact inputs' results bit for bit, and the reference's to bf16 rounding:
+    read in place (also batch rows sliced from longer ones, B > 1) or copied."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill, input_strides
 
     device = torch.device("cuda")
     x = _inputs(case, device, seed=len(case.id))
-    strided = runtime_layout(x, pad)
+    strided = runtime_layout(x, pad, skip)
     names = ("q", "k", "v", "g", "beta")
+    assert (input_strides(*(strided[n] for n in names)) is None) == (pad > 0)
     fp64 = {name: t.double() for name, t in x.items() if t.is_floating_point()}
     ref_o, ref_ht = reference.gdn_chunked(*(fp64[n] for n in names), **_kwargs(case, {**x, **fp64}))
     compact_o, compact_ht = gdn_prefill(*(x[n] for n in names), **_kwargs(case, x))
@@ -345,9 +356,10 @@ PREP_CASES = [
 
 @pytest.mark.parametrize("case", PREP_CASES, ids=[c.id for c in PREP_CASES])
 def test_chunk_prep_matches_definitions(case: PrepCase) -> None:
-    """tmat, pmat and vecs of every chunk (strided inputs) against their fp64 definitions; spare slots
-    untouched."""
+    """T, P (tpmat [chunks, Hv, 2, 64, 64]) and vecs of every chunk (strided inputs) against their fp64
+    definitions; spare slots untouched."""
     from qla_agent.kernels.tilelang import build, chunk_prep
+    from qla_agent.kernels.tilelang.prefill import input_strides
     from tests.kernels.test_chunk_prep_algebra import prep_expected
 
     device = torch.device("cuda")
@@ -368,7 +380,7 @@ def test_chunk_prep_matches_definitions(case: PrepCase) -> None:
     # gates the halves of one [T, 2 Hv] projection.
     v_nan = torch.full((1, ntok, case.hv, 128), float("nan"), dtype=torch.bfloat16, device=device)
     views = runtime_layout(dict(q=q[None], k=k[None], v=v_nan, g=g[None], beta=beta[None]))
-    qs, ks, gs, bs = (views[n][0] for n in ("q", "k", "g", "beta"))
+    qs, ks, vs, gs, bs = (views[n] for n in ("q", "k", "v", "g", "beta"))
     cu = torch.tensor([0, *torch.tensor(case.lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
     cfg = chunk_prep.PrepConfig(
         key_heads=case.hk, value_heads=case.hv, dtype="bfloat16", gate_dtype="float32", param_dtype="float32",
@@ -377,12 +389,12 @@ def test_chunk_prep_matches_definitions(case: PrepCase) -> None:
     kernel = build.compiled(chunk_prep.program, cfg, build.device_arch(device))
     chunks = sum(-(-n // 64) for n in case.lens)
     slots = ntok // 64 + len(case.lens) if varlen else chunks
-    tmat = torch.full((slots, case.hv, 64, 64), float("nan"), dtype=torch.bfloat16, device=device)
-    pmat = torch.full_like(tmat, float("nan"))
+    tpmat = torch.full((slots, case.hv, 2, 64, 64), float("nan"), dtype=torch.bfloat16, device=device)
     vecs = torch.full((slots, case.hv, 4, 64), float("nan"), dtype=torch.float32, device=device)
-    kernel(qs, ks, gs, bs, a_log, dt_bias, cu, tmat, pmat, vecs, ntok, qs.stride(0) // 8, ks.stride(0) // 8,
-           gs.stride(0), bs.stride(0))
+    prep_strides, _ = input_strides(qs, ks, vs, gs, bs)
+    kernel(qs, ks, gs, bs, a_log, dt_bias, cu, tpmat, vecs, ntok, *prep_strides)
     torch.cuda.synchronize()
+    tmat, pmat = tpmat[:, :, 0], tpmat[:, :, 1]
     ref_t, ref_p, ref_v = prep_expected(
         q.cpu(), k.cpu(), g.cpu(), beta.cpu(), scale=128**-0.5, l2norm=case.l2norm,
         a_log=a_log.cpu() if case.raw_gates else None, dt_bias=dt_bias.cpu() if case.raw_gates else None,

@@ -2,8 +2,9 @@
 
 All chunks are independent. Per chunk and value head it writes, for the sequential stage (`chunk_scan`):
 
-    tmat [c, h, 64, 64]  T = (I + L)^-1 diag(beta), L[r, j] = beta_r exp(gamma_r - gamma_j) kn_r.kn_j (j < r)
-    pmat [c, h, 64, 64]  P = scale (qn kn^T * M), M[r, j] = exp(gamma_r - gamma_j) for j <= r
+    tpmat [c, h, 0]      T = (I + L)^-1 diag(beta), L[r, j] = beta_r exp(gamma_r - gamma_j) kn_r.kn_j (j < r)
+    tpmat [c, h, 1]      P = scale (qn kn^T * M), M[r, j] = exp(gamma_r - gamma_j) for j <= r
+                         (one [chunks, Hv, 2, 64, 64] buffer: one allocation per call instead of two)
     vecs [c, h, 4, 64]   a_r = exp(gamma_r) rk_r, o_r = scale exp(gamma_r) rq_r,
                          d_r = exp(gamma_C - gamma_r) rk_r, and lambda = exp(gamma_C) in every column
 
@@ -11,9 +12,12 @@ with kn = rk * k, qn = rq * q (rk, rq the L2-norm factors, 1 without use_qk_l2no
 in-chunk cumsum of the log decays. Rows past the end of a sequence get g = beta = 0 and zero q, k,
 which makes them inert: their T, P and vector entries are exactly 0.
 
-Inputs are read in place: q and k with a runtime token stride, ROW_ALIGN x a scalar argument (so 16-byte
-vector loads stay provably aligned), g and beta with any token stride; the model's column slices of its
-conv output and gate projection need no copies.
+Inputs are read in place, in the public layouts: q and k [B, T, Hk, 128] with runtime batch and token
+strides, each ROW_ALIGN x a scalar argument (so 16-byte vector loads stay provably aligned), g and beta
+[B, T, Hv] with any batch and token strides; the model's column slices of its conv output and gate
+projection need no copies or views. A chunk is addressed by its batch row and its first token in that
+row: for dense inputs the sequence and the chunk's position in it, for varlen ones (B = 1) row 0 and
+the sequence's cu_seqlens offset plus the position.
 
 One CTA (128 threads) per (chunk, key head) handles the Hv / Hk value heads that share its q and k, so
 the loads, norms, Q K^T and K K^T are done once per key head; all global loads are issued first. Q K^T
@@ -57,7 +61,7 @@ class PrepConfig:
 
     key_heads: int
     value_heads: int
-    dtype: str  # q/k dtype and the dtype of tmat/pmat: "bfloat16" | "float16"
+    dtype: str  # q/k dtype and the dtype of T and P (tpmat): "bfloat16" | "float16"
     gate_dtype: str  # dtype of g and beta (raw a and b when raw_gates)
     param_dtype: str  # dtype of A_log and dt_bias
     raw_gates: bool  # g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b)
@@ -70,14 +74,16 @@ class PrepConfig:
     wgmma: bool = False
 
 
-def strided_rows(shape: tuple, stride8, dtype: str):
-    """A kernel input [tokens, heads, D], compact but for its token stride: ROW_ALIGN x stride8 (runtime)."""
-    return T.StridedTensor(shape, (stride8 * ROW_ALIGN, shape[-1], 1), dtype)
+def strided_heads(shape: tuple, batch8, token8, dtype: str):
+    """A kernel input [B, T, heads, D], compact within a token; batch and token strides ROW_ALIGN x batch8
+    and ROW_ALIGN x token8 (runtime scalars)."""
+    return T.StridedTensor(shape, (batch8 * ROW_ALIGN, token8 * ROW_ALIGN, shape[-1], 1), dtype)
 
 
 @T.macro
 def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
-    """span = (first token, end of its sequence, 1) of flat chunk bc, or found = span[2] = 0 for a spare slot."""
+    """span = (first token, end of its sequence, 1) of flat chunk bc in its batch row (`_kernel`), or
+    found = span[2] = 0 for a spare slot."""
     C = CHUNK
     span[0] = 0
     span[1] = 0
@@ -96,47 +102,54 @@ def _locate_chunk(cfg: PrepConfig, cu_seqlens, ncu, seq_len, bc, span):
                 span[1] = s1
             done = done + n
     else:
-        per_seq = T.ceildiv(seq_len, C)
         span[2] = 1
-        span[0] = (bc // per_seq) * seq_len + (bc % per_seq) * C
-        span[1] = (bc // per_seq) * seq_len + seq_len
+        span[0] = bc % T.ceildiv(seq_len, C) * C
+        span[1] = seq_len
 
 
 def _kernel(cfg: PrepConfig, body):
     """The prim_func: grid (chunk slots, key heads), 128 threads, EX2_PRELUDE before the kernel; finds the
-    chunk's token range, then runs `body` on it. A slot past the last chunk of a varlen batch exits."""
+    chunk's batch row and token range, then runs `body` on it. A slot past the last chunk of a varlen
+    batch exits. seq_len is T (q's second dim)."""
     dt, f32 = cfg.dtype, "float32"
     Hk, Hv, D, C = cfg.key_heads, cfg.value_heads, HEAD_DIM, CHUNK
-    ntok = T.dynamic("ntok")
+    batch = T.dynamic("batch")
+    seqlen = T.dynamic("seqlen")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
-    sq, sk, sg, sb = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sg", "sb"))
+    names = ("sqb8", "sqt8", "skb8", "skt8", "sgb", "sgt", "sbb", "sbt")
+    sqb, sqt, skb, skt, sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in names)
 
     @T.prim_func
     def chunk_prep(
-        q: strided_rows((ntok, Hk, D), sq, dt),
-        k: strided_rows((ntok, Hk, D), sk, dt),
-        g: T.StridedTensor((ntok, Hv), (sg, 1), cfg.gate_dtype),
-        beta: T.StridedTensor((ntok, Hv), (sb, 1), cfg.gate_dtype),
+        q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
+        k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
+        g: T.StridedTensor((batch, seqlen, Hv), (sgb, sgt, 1), cfg.gate_dtype),
+        beta: T.StridedTensor((batch, seqlen, Hv), (sbb, sbt, 1), cfg.gate_dtype),
         a_log: T.Tensor((Hv,), cfg.param_dtype),
         dt_bias: T.Tensor((Hv,), cfg.param_dtype),
         cu_seqlens: T.Tensor((ncu,), "int32"),
-        tmat: T.Tensor((nchunk, Hv, C, C), dt),
-        pmat: T.Tensor((nchunk, Hv, C, C), dt),
+        tpmat: T.Tensor((nchunk, Hv, 2, C, C), dt),
         vecs: T.Tensor((nchunk, Hv, 4, C), f32),
         seq_len: T.int32,
-        q_stride8: sq,
-        k_stride8: sk,
-        g_stride: sg,
-        beta_stride: sb,
+        q_batch8: sqb,
+        q_token8: sqt,
+        k_batch8: skb,
+        k_token8: skt,
+        g_batch: sgb,
+        g_token: sgt,
+        beta_batch: sbb,
+        beta_token: sbt,
     ):
         with T.Kernel(nchunk, Hk, threads=128, prelude=EX2_PRELUDE) as (bc, bh):
             T.annotate_min_blocks_per_sm(MIN_BLOCKS)
             tx = T.get_thread_binding()
             span = T.alloc_local((3,), "int32")
             _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
+            # The chunk's batch row: its sequence (dense) or row 0 (varlen: the sequences are packed in it).
+            batch_row = 0 if cfg.varlen else bc // T.ceildiv(seq_len, C)
             if span[2] == 1:
-                body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, bh, span[0], span[1], tx)
+                body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, bh, batch_row, span[0], span[1], tx)
 
     return chunk_prep
 
@@ -153,7 +166,7 @@ def _staged_inputs(cfg: PrepConfig):
     row_steps = C // 8
 
     @T.macro
-    def staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx):
+    def staged_inputs(q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, tx):
         k_s = T.alloc_shared((C, HEAD_DIM), dt)
         q_s = T.alloc_shared((C, HEAD_DIM), dt)
         g_s = T.alloc_shared((G, C), f32)
@@ -172,14 +185,14 @@ def _staged_inputs(cfg: PrepConfig):
         for i in T.unroll(row_steps):
             valid = bos + i * 8 + tx // 16 < eos
             for j in T.vectorized(8):
-                xk[i, j] = T.if_then_else(valid, k[bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
+                xk[i, j] = T.if_then_else(valid, k[batch_row, bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
             for j in T.vectorized(8):
-                xq[i, j] = T.if_then_else(valid, q[bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
+                xq[i, j] = T.if_then_else(valid, q[batch_row, bos + i * 8 + tx // 16, hk, c0 + j], T.cast(0, dt))
         for t in T.unroll(gate_steps):
             e = t * 128 + tx
             valid = T.if_then_else(e < G * C, bos + e % C < eos, False)
-            xg[t] = T.if_then_else(valid, T.cast(g[bos + e % C, hk * G + e // C], f32), 0.0)
-            xb[t] = T.if_then_else(valid, T.cast(beta[bos + e % C, hk * G + e // C], f32), 0.0)
+            xg[t] = T.if_then_else(valid, T.cast(g[batch_row, bos + e % C, hk * G + e // C], f32), 0.0)
+            xb[t] = T.if_then_else(valid, T.cast(beta[batch_row, bos + e % C, hk * G + e // C], f32), 0.0)
             if cfg.raw_gates:
                 xdt[t] = T.if_then_else(e < G * C, T.cast(dt_bias[hk * G + e // C], f32), 0.0)
                 xa[t] = T.if_then_else(e < G * C, T.cast(a_log[hk * G + e // C], f32), 0.0)
@@ -315,8 +328,8 @@ def _body(cfg: PrepConfig):
         T.gemm(af, d_s, acc2, clear_accum=True, policy=full_row)
 
     @T.macro
-    def body(q, k, g, beta, a_log, dt_bias, tmat, pmat, vecs, bc, hk, bos, eos, tx):
-        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, bos, eos, hk, tx)
+    def body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, hk, batch_row, bos, eos, tx):
+        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, tx)
         blocks_s = T.alloc_shared((4, BLOCK_STRIDE), f32)
         lo_s = T.alloc_shared((C, C), f16)
         d_s = T.alloc_shared((C, C), f16)
@@ -357,7 +370,7 @@ def _body(cfg: PrepConfig):
                 for r, c in T.Parallel(C, C):
                     if r // rows == part:
                         out_s[r % rows, c] = pf[r, c]
-                T.copy(out_s[0:rows, 0:C], pmat[bc, hk * G + v, part * rows:part * rows + rows, :])
+                T.copy(out_s[0:rows, 0:C], tpmat[bc, hk * G + v, 1, part * rows:part * rows + rows, :])
             diagonal_inverse(blocks_s, d_s, tx, xs)
             inverse(lo_s, d_s, acc, acc2, af)
             for c in T.Parallel(C):
@@ -366,7 +379,7 @@ def _body(cfg: PrepConfig):
                 for r, c in T.Parallel(C, C):
                     if r // rows == part:
                         out_s[r % rows, c] = T.cast(acc2[r, c] * b_col[c], dt)
-                T.copy(out_s[0:rows, 0:C], tmat[bc, hk * G + v, part * rows:part * rows + rows, :])
+                T.copy(out_s[0:rows, 0:C], tpmat[bc, hk * G + v, 0, part * rows:part * rows + rows, :])
         _store_vectors(cfg, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos)
 
     return body

@@ -21,8 +21,11 @@ Two layouts of the same step (`ScanConfig.value_rows`):
   accumulator is laid out as the A operand of the next one): only the loaded tiles K, Q, V, T, P
   live in shared memory, and the warps share them read-only.
 Rows past the end of the sequence carry a = o = d = 0 and zero columns of T and P, so the garbage
-loaded there never reaches S or a stored output. q, k and v are read through their token strides
-(`chunk_prep.strided_rows`).
+loaded there never reaches S or a stored output (TileLang's copies fill rows past the end of a batch
+row with zeros). q, k and v [B, T, H, 128] are read in place through their batch and token strides
+(`chunk_prep.strided_heads`), o [B, T, Hv, 128] is written compact; a CTA's tokens are its batch row's
+(dense: the sequence's, varlen: row 0 from its cu_seqlens offset). T and P come in one buffer
+(`chunk_prep`: tpmat [chunks, Hv, 2, 64, 64]).
 
 Context parallelism (dense inputs): each sequence is cut into `parts` partitions of `part_chunks`
 chunks, run as independent CTAs. Their starting states come from the warm-up program
@@ -39,7 +42,7 @@ from dataclasses import dataclass
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
-from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_rows
+from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_heads
 
 # A warm-up window ends once its chunks' decays multiply to below e^-10 (4.5e-5, ~90x under bf16's 2^-8).
 WARMUP_LOG_DECAY = -10.0
@@ -122,26 +125,28 @@ def program(cfg: ScanConfig):
     group = Hv // Hk
     outputs = not cfg.warmup
     ROWS = T.GemmWarpPolicy.FullRow  # value_rows: warps split M (the value columns) only
-    ntok = T.dynamic("ntok")
+    batch = T.dynamic("batch")
+    seqlen = T.dynamic("seqlen")
     nchunk = T.dynamic("nchunk")
     ncu = T.dynamic("ncu")
     nh0 = T.dynamic("nh0")
     nht = T.dynamic("nht")
-    sq, sk, sv = (T.dynamic(name, "int32") for name in ("sq8", "sk8", "sv8"))
+    names = ("sqb8", "sqt8", "skb8", "skt8", "svb8", "svt8")
+    sqb, sqt, skb, skt, svb, svt = (T.dynamic(name, "int32") for name in names)
 
     @T.macro
-    def column_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
+    def column_step(q, k, v, tpmat, vecs, o, S, batch_row, bos, eos, chunk, bh, hk, v0, b):
         # Plain names: TileLang's parser does not take a subscripted dict entry as an assignment target.
         q_s, k_s, k2_s, v_s, t_s, p_s, vec_s, s_s, w_s, u_s, ud_s, o_s, ks, qs, uf, lam = b.values()
         if outputs:
-            T.copy(q[bos:bos + C, hk, 0:D], q_s)
-        T.copy(k[bos:bos + C, hk, 0:D], k_s)
+            T.copy(q[batch_row, bos:bos + C, hk, 0:D], q_s)
+        T.copy(k[batch_row, bos:bos + C, hk, 0:D], k_s)
         if cfg.split_k:
-            T.copy(k[bos:bos + C, hk, 0:D], k2_s)
-        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s)
-        T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
+            T.copy(k[batch_row, bos:bos + C, hk, 0:D], k2_s)
+        T.copy(v[batch_row, bos:bos + C, bh, v0:v0 + BV], v_s)
+        T.copy(tpmat[chunk, bh, 0, 0:C, 0:C], t_s)
         if outputs:
-            T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+            T.copy(tpmat[chunk, bh, 1, 0:C, 0:C], p_s)
         T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
         T.copy(S, s_s)
         T.gemm(k_s, s_s, ks, clear_accum=True)
@@ -170,19 +175,19 @@ def program(cfg: ScanConfig):
             T.copy(qs, o_s)
             for r, x in T.Parallel(C, BV):
                 if bos + r < eos:
-                    o[bos + r, bh, v0 + x] = o_s[r, x]
+                    o[batch_row, bos + r, bh, v0 + x] = o_s[r, x]
 
     @T.macro
-    def row_step(q, k, v, tmat, pmat, vecs, o, S, bos, eos, chunk, bh, hk, v0, b):
+    def row_step(q, k, v, tpmat, vecs, o, S, batch_row, bos, eos, chunk, bh, hk, v0, b):
         # S is S^T [block_v, 128]; every fragment here has the warps' value columns as rows.
         q_s, k_s, v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = b.values()
         if outputs:
-            T.copy(q[bos:bos + C, hk, 0:D], q_s)
-        T.copy(k[bos:bos + C, hk, 0:D], k_s)
-        T.copy(v[bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
-        T.copy(tmat[chunk, bh, 0:C, 0:C], t_s)
+            T.copy(q[batch_row, bos:bos + C, hk, 0:D], q_s)
+        T.copy(k[batch_row, bos:bos + C, hk, 0:D], k_s)
+        T.copy(v[batch_row, bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
+        T.copy(tpmat[chunk, bh, 0, 0:C, 0:C], t_s)
         if outputs:
-            T.copy(pmat[chunk, bh, 0:C, 0:C], p_s)
+            T.copy(tpmat[chunk, bh, 1, 0:C, 0:C], p_s)
         T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
         lam[0] = vec_s[3, 0]
         T.copy(S, s_b)
@@ -211,7 +216,7 @@ def program(cfg: ScanConfig):
                 o_s[c, r] = T.cast(y[r, c], dt)
             for c, r in T.Parallel(C, BV):
                 if bos + c < eos:
-                    o[bos + c, bh, v0 + r] = o_s[c, r]
+                    o[batch_row, bos + c, bh, v0 + r] = o_s[c, r]
 
     chunk_step = row_step if cfg.value_rows else column_step
 
@@ -249,10 +254,12 @@ def program(cfg: ScanConfig):
         Dense partition p of sequence s (n_seqs = sequences x parts) starts from h0[its index] and
         stores its state only if it is the sequence's last; varlen sequences are whole (parts = 1)."""
         with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
-            # (first token, end, first chunk) of the CTA's token run
+            # (first token, end, first chunk) of the CTA's token run, in its batch row: the sequence's
+            # (dense), row 0 (varlen: the sequences are packed in it)
             span = T.alloc_local((3,), "int32")
             seq = bn // parts
             part = bn % parts
+            batch_row = 0 if cfg.varlen else seq
             if cfg.varlen:
                 span[0] = cu_seqlens[bn]
                 span[1] = cu_seqlens[bn + 1]
@@ -260,8 +267,8 @@ def program(cfg: ScanConfig):
                 for i in T.serial(bn):
                     span[2] = span[2] + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
             else:
-                span[0] = seq * seq_len + part * part_chunks * C
-                span[1] = T.min(span[0] + part_chunks * C, (seq + 1) * seq_len)
+                span[0] = part * part_chunks * C
+                span[1] = T.min(span[0] + part_chunks * C, seq_len)
                 span[2] = seq * T.ceildiv(seq_len, C) + part * part_chunks
             b, S = allocate()
             if cfg.has_initial_state:
@@ -269,12 +276,14 @@ def program(cfg: ScanConfig):
             else:
                 T.clear(S)
             for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
-                chunk_step(*inputs, o, S, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b)
+                chunk_step(
+                    *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
+                )
             if cfg.store_final_state and part == parts - 1:
                 store_state(S, ht, seq, bh, bv * BV)
 
     @T.macro
-    def warm_up(k, v, tmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
+    def warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
         """One CTA per (partition, head, slice): the state at the partition's start, into starts[partition]."""
         with T.Kernel(D // BV, Hv, n_parts, threads=cfg.threads) as (bv, bh, bn):
             seq = bn // parts
@@ -301,9 +310,9 @@ def program(cfg: ScanConfig):
                 if start == 0:
                     load_state(h0, seq, bh, S, bv * BV)
             for j in T.Pipelined(end - start, num_stages=cfg.num_stages):
-                bos = seq * seq_len + (start + j) * C
+                bos = (start + j) * C
                 chunk_step(
-                    None, k, v, tmat, None, vecs, None, S, bos, bos + C, first_chunk + start + j, bh, bh // group,
+                    None, k, v, tpmat, vecs, None, S, seq, bos, bos + C, first_chunk + start + j, bh, bh // group,
                     bv * BV, b,
                 )
             store_state(S, starts, bn, bh, bv * BV)
@@ -312,9 +321,9 @@ def program(cfg: ScanConfig):
 
         @T.prim_func
         def chunk_warmup(
-            k: strided_rows((ntok, Hk, D), sk, dt),
-            v: strided_rows((ntok, Hv, D), sv, dt),
-            tmat: T.Tensor((nchunk, Hv, C, C), dt),
+            k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
+            v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
+            tpmat: T.Tensor((nchunk, Hv, 2, C, C), dt),
             vecs: T.Tensor((nchunk, Hv, 4, C), f32),
             h0: T.Tensor((nh0, Hv, D, D), f32),
             starts: T.Tensor((nht, Hv, D, D), f32),
@@ -322,33 +331,37 @@ def program(cfg: ScanConfig):
             n_parts: T.int32,
             parts: T.int32,
             part_chunks: T.int32,
-            k_stride8: sk,
-            v_stride8: sv,
+            k_batch8: skb,
+            k_token8: skt,
+            v_batch8: svb,
+            v_token8: svt,
         ):
-            warm_up(k, v, tmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks)
+            warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks)
 
         return chunk_warmup
 
     @T.prim_func
     def chunk_scan(
-        q: strided_rows((ntok, Hk, D), sq, dt),
-        k: strided_rows((ntok, Hk, D), sk, dt),
-        v: strided_rows((ntok, Hv, D), sv, dt),
-        tmat: T.Tensor((nchunk, Hv, C, C), dt),
-        pmat: T.Tensor((nchunk, Hv, C, C), dt),
+        q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
+        k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
+        v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
+        tpmat: T.Tensor((nchunk, Hv, 2, C, C), dt),
         vecs: T.Tensor((nchunk, Hv, 4, C), f32),
         h0: T.Tensor((nh0, Hv, D, D), f32),
         cu_seqlens: T.Tensor((ncu,), "int32"),
-        o: T.Tensor((ntok, Hv, D), dt),
+        o: T.Tensor((batch, seqlen, Hv, D), dt),
         ht: T.Tensor((nht, Hv, D, D), f32),
         seq_len: T.int32,
         n_seqs: T.int32,
         parts: T.int32,
         part_chunks: T.int32,
-        q_stride8: sq,
-        k_stride8: sk,
-        v_stride8: sv,
+        q_batch8: sqb,
+        q_token8: sqt,
+        k_batch8: skb,
+        k_token8: skt,
+        v_batch8: svb,
+        v_token8: svt,
     ):
-        walk((q, k, v, tmat, pmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks)
+        walk((q, k, v, tpmat, vecs), h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks)
 
     return chunk_scan

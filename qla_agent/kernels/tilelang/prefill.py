@@ -137,65 +137,64 @@ def _make_plan(
     )
 
 
-def token_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """x [B, T, H, 128] as [B*T, H, 128] rows, and their token stride // ROW_ALIGN.
-
-    A view when the kernels can read x in place: B and T collapse into one token stride that is a
-    multiple of ROW_ALIGN, head stride 128, unit column stride, a 16-byte aligned start (the runtime's
-    q, k, v: column slices of the conv output, token stride conv_dim). Otherwise a compact copy.
-    """
-    batch, seqlen, heads, dim = x.shape
-    # A view when B and T collapse (always with B = 1: x[0], the cheapest view), else already a compact copy.
-    rows = x[0] if batch == 1 else x.reshape(batch * seqlen, heads, dim)
-    token, head, column = rows.stride()
-    # One token: its stride is never used (TileLang's argument check skips dims of size 1).
-    token = token if batch * seqlen > 1 else 0
-    if token % ROW_ALIGN or (head != dim and heads > 1) or column != 1 or rows.data_ptr() % VECTOR_BYTES:
-        rows, token = rows.clone(memory_format=torch.contiguous_format), heads * dim
-    return rows, token // ROW_ALIGN
-
-
-def gate_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """x [B, T, Hv] as [B*T, Hv] rows, and their token stride.
-
-    A view when B and T collapse into one token stride and the heads are adjacent (the runtime's raw
-    gates a and b: column slices of one [T, 2 Hv] projection); otherwise a compact copy.
-    """
-    batch, seqlen, heads = x.shape
-    rows = x[0] if batch == 1 else x.reshape(batch * seqlen, heads)
-    token, column = rows.stride()
-    if column != 1 and heads > 1:
-        rows, token = rows.contiguous(), heads
-    return rows, token
-
-
-def input_rows(
+def input_strides(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
-) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
-    """(q, k, v, g, beta rows), (their token strides, // ROW_ALIGN for q, k, v): `token_rows` of q, k, v
-    and `gate_rows` of g, beta.
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(chunk_prep's, chunk_scan's) stride arguments when the kernels can read all five inputs in place,
+    else None (`readable_inputs` then copies what they cannot read).
 
-    The runtime's call (B = 1, T > 1, all five readable in place) is decided in one pass over the
-    strides and viewed as x[0] of each, 2 us less than five calls on the CPU machine; any other goes
-    tensor by tensor.
+    In place: q, k, v [B, T, H, 128] with batch and token strides that are multiples of ROW_ALIGN (passed
+    // ROW_ALIGN), head stride 128, unit column stride and a 16-byte aligned start; g, beta [B, T, Hv]
+    with adjacent heads (any batch and token strides). The runtime's q, k, v (column slices of the conv
+    output) and raw gates (halves of one projection) all are. Strides of a dim of size 1 are passed as 0:
+    the kernels multiply them by index 0 only, and TileLang checks no stride of such a dim.
     """
-    batch, seqlen, _, dim = q.shape
-    if batch == 1 and seqlen > 1:
-        _, q_token, q_head, q_column = q.stride()
-        _, k_token, k_head, k_column = k.stride()
-        _, v_token, v_head, v_column = v.stride()
-        _, g_token, g_column = g.stride()
-        _, b_token, b_column = beta.stride()
-        if (
-            not (q_token % ROW_ALIGN or k_token % ROW_ALIGN or v_token % ROW_ALIGN)
-            and q_head == k_head == v_head == dim and q_column == k_column == v_column == g_column == b_column == 1
-            and not (q.data_ptr() % VECTOR_BYTES or k.data_ptr() % VECTOR_BYTES or v.data_ptr() % VECTOR_BYTES)
-        ):
-            strides = (q_token // ROW_ALIGN, k_token // ROW_ALIGN, v_token // ROW_ALIGN, g_token, b_token)
-            return (q[0], k[0], v[0], g[0], beta[0]), strides
-    (q2, q_stride8), (k2, k_stride8), (v2, v_stride8) = token_rows(q), token_rows(k), token_rows(v)
-    (g2, g_stride), (b2, b_stride) = gate_rows(g), gate_rows(beta)
-    return (q2, k2, v2, g2, b2), (q_stride8, k_stride8, v_stride8, g_stride, b_stride)
+    batch, seqlen, hk, dim = q.shape
+    hv = v.shape[2]
+    qb, qt, qh, qc = q.stride()
+    kb, kt, kh, kc = k.stride()
+    vb, vt, vh, vc = v.stride()
+    gb, gt, gc = g.stride()
+    bb, bt, bc = beta.stride()
+    if batch == 1:
+        qb = kb = vb = gb = bb = 0
+    if seqlen == 1:
+        qt = kt = vt = gt = bt = 0
+    # ROW_ALIGN and VECTOR_BYTES are powers of two: an OR of numbers is a multiple of one iff each number is.
+    if (
+        (qb | qt | kb | kt | vb | vt) % ROW_ALIGN
+        or not qc == kc == vc == 1
+        or (hk > 1 and not qh == kh == dim)
+        or (hv > 1 and not (vh == dim and gc == bc == 1))
+        or (q.data_ptr() | k.data_ptr() | v.data_ptr()) % VECTOR_BYTES
+    ):
+        return None
+    qb, qt, kb, kt = qb // ROW_ALIGN, qt // ROW_ALIGN, kb // ROW_ALIGN, kt // ROW_ALIGN
+    return (qb, qt, kb, kt, gb, gt, bb, bt), (qb, qt, kb, kt, vb // ROW_ALIGN, vt // ROW_ALIGN)
+
+
+def _readable_heads(x: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, 128] itself when the kernels can read it in place (`input_strides`), else a compact copy."""
+    batch, seqlen, heads, dim = x.shape
+    b, t, h, c = x.stride()
+    # As in `input_strides`: the stride of a dim of size 1 is never read.
+    strides = (b if batch > 1 else 0) | (t if seqlen > 1 else 0)
+    if not strides % ROW_ALIGN and not x.data_ptr() % VECTOR_BYTES and c == 1 and (h == dim or heads == 1):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _readable_gates(x: torch.Tensor) -> torch.Tensor:
+    """x [B, T, Hv] itself when its heads are adjacent (or one), else a compact copy."""
+    return x if x.stride(2) == 1 or x.shape[2] == 1 else x.clone(memory_format=torch.contiguous_format)
+
+
+def readable_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """(q, k, v, g, beta), each one the kernels cannot read in place replaced by a compact copy (one
+    launch each; no call of the runtime needs one)."""
+    return _readable_heads(q), _readable_heads(k), _readable_heads(v), _readable_gates(g), _readable_gates(beta)
 
 
 def gdn_prefill(
@@ -212,10 +211,12 @@ def gdn_prefill(
     q, k [B,T,Hk,128]; v [B,T,Hv,128] bf16/fp16; g, beta [B,T,Hv]; initial_state [N,Hv,128,128] fp32
     -> o [B,T,Hv,128] in v.dtype, final_state [N,Hv,128,128] fp32 or None. `out` / `final_state_out`
     (contiguous, those shapes and dtypes) receive the results when given; block_v, scan_overrides and prep_overrides
-    override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it).
-    Per call this runs two kernels (three with context parallelism), makes five allocations (six) and
-    views the inputs: q, k, v, g and beta are read through their token strides (`input_rows`; only a
-    layout the kernels cannot read is copied); everything else is looked up by the call's signature.
+    override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it)
+    and returns its outputs (T and P [chunks, Hv, 2, 64, 64], the vectors [chunks, Hv, 4, 64]).
+    Per call this runs two kernels (three with context parallelism) and makes four allocations (five) and
+    no views: the kernels read q, k, v, g and beta in their own layouts through their strides
+    (`input_strides`; only a layout they cannot read is copied) and write o as [B, T, Hv, 128];
+    everything else is looked up by the call's signature.
 
     context_parallel: a dense call whose B x Hv heads leave SMs idle splits each sequence into
     partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
@@ -227,12 +228,14 @@ def gdn_prefill(
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
     device = q.device
-    ntok = batch * seqlen
     num_seqs = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
     chunks = -(-seqlen // CHUNK)
     if cu_seqlens is not None:
         parts, part_chunks = 1, 0  # varlen sequences are scanned whole
     elif not (context_parallel and use_qk_l2norm) or prep_only:
+        parts, part_chunks = 1, chunks
+    elif parts is None and chunks < 2 * MIN_PART_CHUNKS:
+        # Too short to split (`context_parts`): short appends skip the SM count lookup.
         parts, part_chunks = 1, chunks
     elif parts is None:
         parts, part_chunks = context_parts(batch, seqlen, hv, build.device_facts(device)[1])
@@ -252,7 +255,11 @@ def gdn_prefill(
     if plan is None:
         plan = _plans[key] = _make_plan(*key)
 
-    (q2, k2, v2, g2, b2), (q_stride8, k_stride8, v_stride8, g_stride, b_stride) = input_rows(q, k, v, g, beta)
+    strides = input_strides(q, k, v, g, beta)
+    if strides is None:
+        q, k, v, g, beta = readable_inputs(q, k, v, g, beta)
+        strides = input_strides(q, k, v, g, beta)
+    prep_strides, scan_strides = strides
     if cu_seqlens is None:
         cu = plan.no_offsets
         # Each sequence is cut into its own chunks.
@@ -260,21 +267,20 @@ def gdn_prefill(
     else:
         cu = cu_seqlens if cu_seqlens.dtype == torch.int32 else cu_seqlens.to(torch.int32)
         # Upper bound on the chunk count that needs no look at the lengths: each sequence adds < 1 chunk.
-        num_chunks = ntok // CHUNK + num_seqs
+        num_chunks = seqlen // CHUNK + num_seqs
     if A_log is None:
         a_log = dtb = plan.no_params
     else:
         a_log = A_log.contiguous()
         dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
-    # new_empty / empty_like with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
-    tmat = q.new_empty(num_chunks, hv, CHUNK, CHUNK)
-    pmat = torch.empty_like(tmat)
+    # new_empty with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
+    tpmat = q.new_empty(num_chunks, hv, 2, CHUNK, CHUNK)
     vecs = plan.no_state.new_empty(num_chunks, hv, 4, CHUNK)
-    plan.prep(q2, k2, g2, b2, a_log, dtb, cu, tmat, pmat, vecs, seqlen, q_stride8, k_stride8, g_stride, b_stride)
+    plan.prep(q, k, g, beta, a_log, dtb, cu, tpmat, vecs, seqlen, *prep_strides)
     if prep_only:
-        return tmat, vecs
+        return tpmat, vecs
 
-    o = v.new_empty(ntok, hv, dim) if out is None else out.view(ntok, hv, dim)
+    o = v.new_empty(batch, seqlen, hv, dim) if out is None else out
     if initial_state is None:
         h0 = plan.no_state
     elif initial_state.dtype == torch.float32:
@@ -291,10 +297,7 @@ def gdn_prefill(
         ht = plan.no_state.new_empty(num_seqs, hv, dim, dim)
     if plan.warmup is not None:
         starts = plan.no_state.new_empty(batch * parts, hv, dim, dim)
-        plan.warmup(k2, v2, tmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, k_stride8, v_stride8)
+        plan.warmup(k, v, tpmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, *scan_strides[2:])
         h0 = starts
-    plan.scan(
-        q2, k2, v2, tmat, pmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks,
-        q_stride8, k_stride8, v_stride8,
-    )
-    return o.view(batch, seqlen, hv, dim), (ht if output_final_state else None)
+    plan.scan(q, k, v, tpmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks, *scan_strides)
+    return o, (ht if output_final_state else None)
