@@ -22,7 +22,9 @@ from benchmarks.kernels_conv import CONV_SHAPES  # noqa: E402
 from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS  # noqa: E402
 from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
-from qla_agent.kernels.tilelang.prefill import context_parts, prefill_configs, warmup_config  # noqa: E402
+from qla_agent.kernels.tilelang.prefill import (  # noqa: E402
+    PREPPED_MAX_TOKENS, context_parts, prefill_configs, warmup_config,
+)
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
 from tests.kernels.test_tilelang_prefill import (  # noqa: E402
     CASES, CP_CASES, LAYOUT_CASES, PREP_CASES, VALUE_ROW_VARIANTS,
@@ -43,6 +45,9 @@ def _scan_pairs(call: dict, seqlen: int, common: dict, context_parallel: bool = 
     a call the launcher splits (`context_parts`) also its split scan and warm-up; overrides are
     prefill_configs' tile arguments (block_v, scan_overrides)."""
     configs = {"gate_dtype": torch.float32, **call, **common, **overrides}
+    tokens = seqlen * (1 if call["varlen"] else call["num_seqs"])
+    if not overrides and tokens <= PREPPED_MAX_TOKENS:  # the launcher's one-launch path
+        return [(chunk_scan.program, prefill_configs(**configs, prepped=True)[1])]
     prep, scan = prefill_configs(**configs)
     pairs = [(chunk_prep.program, prep), (chunk_scan.program, scan)]
     if context_parallel and not call["varlen"] and call["l2norm"]:
@@ -72,11 +77,12 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
     calls.append((dict(key_heads=2, value_heads=2, dtype=torch.bfloat16, raw_gates=False, l2norm=True, varlen=False,
                        has_h0=True, store_ht=True, num_seqs=1), 100))
     # The runtime's GDN layer (qla_agent/runtime/layers/gdn.py): raw bf16 gates, l2norm, state in and out,
-    # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts, on the e2e benchmark's 8192-token prompt.
+    # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts, on the e2e benchmark's 8192-token prompt and
+    # on appends (the benchmarks' append shapes, one launch up to PREPPED_MAX_TOKENS).
     calls += [
         (dict(key_heads=16, value_heads=hv, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, raw_gates=True,
-              l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1), 8192)
-        for hv in (16, 32)
+              l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1), tokens)
+        for hv in (16, 32) for tokens in (8192, PREPPED_MAX_TOKENS)
     ]
     calls += [(_shape_call(s), s.lens[0]) for s in SHAPES]
     pairs = []
@@ -89,6 +95,11 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                 continue
             rows = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
             pairs += _scan_pairs(call, seqlen, common, block_v=block_v, scan_overrides=rows)
+    # test_prepped_scan_matches_reference: the self-prepping scan on every case, on mma.sync and wgmma.
+    for call, _ in (_case_call(c) for c in (*CASES, *CP_CASES)):
+        for wgmma in (False, True) if arch == "sm_90a" else (False,):
+            configs = {"gate_dtype": torch.float32, **call, **common, "scan_overrides": dict(wgmma=wgmma)}
+            pairs.append((chunk_scan.program, prefill_configs(**configs, prepped=True)[1]))
     # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [
         (chunk_prep.program, chunk_prep.PrepConfig(

@@ -43,7 +43,7 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     x = _inputs(lens, batch, seqlen, hk, hv, raw)
-    o, ht = gdn_prefill(**x, use_qk_l2norm=True)
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True, prepped=False)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     num_seqs = len(lens) if lens else batch
     chunks_needed = sum(-(-n // 64) for n in lens) if lens else batch * -(-seqlen // 64)
@@ -52,6 +52,30 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     assert scan["n_seqs"] == num_seqs and scan["o"].data_ptr() == o.data_ptr()
     assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
     assert scan["ht"].data_ptr() == ht.data_ptr()
+
+
+@pytest.mark.parametrize(
+    "lens,batch,seqlen,hk,hv,raw",
+    [(None, 2, 50, 2, 4, False), ((1, 63, 64), 1, 0, 4, 4, True), (None, 1, 1, 1, 2, True)],
+    ids=["dense-B2-T50-Hk2-Hv4", "varlen-1_63_64-Hk4-Hv4-raw", "dense-B1-T1-Hk1-Hv2-raw"],
+)
+def test_short_calls_run_the_self_prepping_scan_alone(fake_kernels, lens, batch, seqlen, hk, hv, raw) -> None:
+    """At most PREPPED_MAX_TOKENS tokens: one launch of the self-prepping scan, which gets the inputs and
+    gate parameters as given and writes the call's outputs; no T / P / vector buffers."""
+    from qla_agent.kernels.tilelang.prefill import PREPPED_MAX_TOKENS, gdn_prefill
+
+    x = _inputs(lens, batch, seqlen, hk, hv, raw)
+    assert x["q"].shape[0] * x["q"].shape[1] <= PREPPED_MAX_TOKENS
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True)
+    assert "chunk_prep" not in fake_kernels
+    (scan,) = fake_kernels["chunk_scan_prepped"].calls
+    for name in ("q", "k", "v", "g", "beta", "A_log", "dt_bias") if raw else ("q", "k", "v", "g", "beta"):
+        kernel_name = {"A_log": "a_log"}.get(name, name)
+        assert scan[kernel_name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
+    assert scan["n_seqs"] == (len(lens) if lens else batch) and scan["seq_len"] == x["q"].shape[1]
+    assert scan["h0"].data_ptr() == x["initial_state"].data_ptr()
+    assert scan["o"].data_ptr() == o.data_ptr() and scan["ht"].data_ptr() == ht.data_ptr()
+    assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
 
 
 def test_context_parallel_warms_up_then_scans_partitions(fake_kernels) -> None:
@@ -124,9 +148,9 @@ def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen:
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     hk, hv = 2, 4
-    x = _layer_views(seqlen=70, hk=hk, hv=hv)
+    x = _layer_views(seqlen=200, hk=hk, hv=hv)
     if varlen:
-        x["cu_seqlens"] = torch.tensor([0, 5, 70], dtype=torch.int32)
+        x["cu_seqlens"] = torch.tensor([0, 5, 200], dtype=torch.int32)
         x["initial_state"] = torch.randn(2, hv, 128, 128)
     gdn_prefill(**x, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
@@ -251,8 +275,8 @@ def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
     """A layout outside the kernels' reach reaches them as a compact copy with the same values."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
-    x = _layer_views(seqlen=70, hk=2, hv=4)
-    x["q"], x["g"] = _padded_rows(70), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
+    x = _layer_views(seqlen=200, hk=2, hv=4)
+    x["q"], x["g"] = _padded_rows(200), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
     gdn_prefill(**x, use_qk_l2norm=True)
     prep = fake_kernels["chunk_prep"].calls[-1]
     assert prep["q"].data_ptr() != x["q"].data_ptr() and torch.equal(prep["q"], x["q"])
@@ -281,12 +305,14 @@ def test_dense_batch_rows_are_read_in_place(fake_kernels) -> None:
     assert o.shape == (3, 70, 4, 128) and o.is_contiguous() and scan["o"].data_ptr() == o.data_ptr()
 
 
-def test_runtime_call_makes_four_allocations_and_no_views(fake_kernels) -> None:
+@pytest.mark.parametrize("seqlen", [200, 70], ids=["two_kernels", "prepped"])
+def test_runtime_call_makes_only_its_allocations_and_no_views(fake_kernels, seqlen: int) -> None:
     """The runtime layer's call (views read in place, state in and out): the launcher's only tensor
-    operations are its four allocations (T and P, the vectors, o, the final state)."""
+    operations are its allocations: T and P, the vectors, o and the final state, or o and the final state
+    alone when the scan preps its own chunks (T <= PREPPED_MAX_TOKENS)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+    from qla_agent.kernels.tilelang.prefill import PREPPED_MAX_TOKENS, gdn_prefill
 
     class Ops(TorchDispatchMode):
         def __init__(self) -> None:
@@ -297,11 +323,12 @@ def test_runtime_call_makes_four_allocations_and_no_views(fake_kernels) -> None:
             self.names.append(func.__name__)
             return func(*args, **(kwargs or {}))
 
-    x = _layer_views(seqlen=70, hk=2, hv=4)
+    x = _layer_views(seqlen=seqlen, hk=2, hv=4)
     gdn_prefill(**x, use_qk_l2norm=True)
     with Ops() as ops:
         gdn_prefill(**x, use_qk_l2norm=True)
-    assert sorted(ops.names) == sorted(["new_empty.default"] * 3 + ["empty_like.default"]), ops.names
+    buffers = 2 if seqlen > PREPPED_MAX_TOKENS else 0
+    assert sorted(ops.names) == sorted(["new_empty.default"] * (1 + buffers) + ["empty_like.default"]), ops.names
 
 
 def test_launch_plan_is_shared_by_one_signature(fake_kernels) -> None:
@@ -309,13 +336,17 @@ def test_launch_plan_is_shared_by_one_signature(fake_kernels) -> None:
     every call still gets its own outputs."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
-    o1, ht1 = gdn_prefill(**_layer_views(seqlen=16, hk=2, hv=4), use_qk_l2norm=True)
+    o1, ht1 = gdn_prefill(**_layer_views(seqlen=200, hk=2, hv=4), use_qk_l2norm=True)
     first = fake_kernels["chunk_scan"]
-    o2, ht2 = gdn_prefill(**_layer_views(seqlen=200, hk=2, hv=4), use_qk_l2norm=True)
+    o2, ht2 = gdn_prefill(**_layer_views(seqlen=300, hk=2, hv=4), use_qk_l2norm=True)
     assert fake_kernels["chunk_scan"] is first and len(first.calls) == 2
-    assert first.calls[1]["seq_len"] == 200 and first.calls[1]["tpmat"].shape[0] == 4
+    assert first.calls[1]["seq_len"] == 300 and first.calls[1]["tpmat"].shape[0] == 5
     assert o1.data_ptr() != o2.data_ptr() and ht1.data_ptr() != ht2.data_ptr()
-    gdn_prefill(**_layer_views(seqlen=16, hk=2, hv=2), use_qk_l2norm=True)
+    gdn_prefill(**_layer_views(seqlen=16, hk=2, hv=4), use_qk_l2norm=True)
+    prepped = fake_kernels["chunk_scan"]
+    gdn_prefill(**_layer_views(seqlen=100, hk=2, hv=4), use_qk_l2norm=True)
+    assert fake_kernels["chunk_scan"] is prepped is not first and len(prepped.calls) == 2
+    gdn_prefill(**_layer_views(seqlen=200, hk=2, hv=2), use_qk_l2norm=True)
     assert fake_kernels["chunk_scan"] is not first
 
 

@@ -7,6 +7,7 @@ config on a short GPU lease), the bound is FALLBACK_BOUND. Outputs are allocated
 allocator cache is NaN-filled before each run, so an element the kernels never write fails.
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -167,9 +168,23 @@ VALUE_ROW_VARIANTS = [(32, False), (64, False), (128, False), (64, True), (128, 
 def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmma: bool) -> None:
     """The transposed scan (S^T in registers, 16 value columns per warp) against the fp64 reference, the
     warm-up of context parallelism included, at each of its tile widths."""
-    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+    overrides = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
+    _variant_matches_reference(case, wgmma, block_v=block_v, scan_overrides=overrides)
 
+
+@pytest.mark.parametrize("wgmma", [False, True], ids=["mma", "wgmma"])
+@pytest.mark.parametrize("case", CASES + CP_CASES, ids=[c.id for c in CASES + CP_CASES])
+def test_prepped_scan_matches_reference(case: PrefillCase, wgmma: bool) -> None:
+    """The self-prepping scan (one launch: each CTA computes its chunks' T, P and vectors itself) against
+    the fp64 reference on every case, long ones included (the launcher takes it only for short calls)."""
+    _variant_matches_reference(case, wgmma, prepped=True, scan_overrides=dict(wgmma=wgmma), context_parallel=False)
+
+
+def _variant_matches_reference(case: PrefillCase, wgmma: bool, **variant) -> None:
+    """The launcher with `variant` (its tile arguments) on `case` against the fp64 reference (FALLBACK_BOUND);
+    a wgmma variant runs on sm_90a only."""
     from qla_agent.kernels.tilelang import build
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     device = torch.device("cuda")
     if wgmma and build.device_arch(device) != "sm_90a":
@@ -180,10 +195,8 @@ def test_value_rows_scan_matches_reference(case: PrefillCase, block_v: int, wgmm
         fp64["q"], fp64["k"], fp64["v"], fp64["g"], fp64["beta"], **_kwargs(case, {**x, **fp64})
     )
     _poison_allocator(device)
-    overrides = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
     o, ht = gdn_prefill(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, block_v=block_v,
-        scan_overrides=overrides, **_kwargs(case, x),
+        x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=case.store_ht, **variant, **_kwargs(case, x)
     )
     torch.cuda.synchronize()
     assert rel_err(ref_o, o) <= FALLBACK_BOUND, f"o: rel err {rel_err(ref_o, o):.2e}"
@@ -307,18 +320,23 @@ def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, skip: int
     assert torch.equal(o, compact_o) and torch.equal(ht, compact_ht)
 
 
-def test_runtime_layout_launches_only_the_two_kernels() -> None:
-    """The runtime layer's call (public entry, strided inputs, state in and out) is two launches: no copies."""
+@pytest.mark.parametrize(
+    ("tokens", "kernels"), [(100, ("chunk_scan_prepped",)), (300, ("chunk_prep", "chunk_scan"))], ids=["append", "prompt"]
+)
+def test_runtime_layout_launches_only_its_kernels(tokens: int, kernels: tuple[str, ...]) -> None:
+    """The runtime layer's call (public entry, strided inputs, state in and out) launches its kernels and
+    nothing else (no copies): the self-prepping scan alone for an append, else the prep, then the scan."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     from qla_agent.kernels import gdn_prefill
 
-    x = runtime_layout(_inputs(RUNTIME, torch.device("cuda"), seed=5))
+    case = dataclasses.replace(RUNTIME, shape=_shape(1, tokens, 16, 16))
+    x = runtime_layout(_inputs(case, torch.device("cuda"), seed=5))
 
     def call() -> None:
         gdn_prefill(
-            x["q"], x["k"], x["v"], x["g"], x["beta"], scale=128**-0.5, impl="tilelang", **_kwargs(RUNTIME, x)
+            x["q"], x["k"], x["v"], x["g"], x["beta"], scale=128**-0.5, impl="tilelang", **_kwargs(case, x)
         )
 
     call()
@@ -327,7 +345,7 @@ def test_runtime_layout_launches_only_the_two_kernels() -> None:
         call()
         torch.cuda.synchronize()
     launched = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
-    assert len(launched) == 2 and "chunk_prep" in launched[0] and "chunk_scan" in launched[1], launched
+    assert [name.removesuffix("_kernel") for name in launched] == list(kernels), launched
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,8 @@ def _kernel(cfg: PrepConfig, body):
             span = T.alloc_local((3,), "int32")
             _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
             # The chunk's batch row: its sequence (dense) or row 0 (varlen: the sequences are packed in it).
+            # A variable, computed once: as an expression its 64-bit division was inlined into every load.
+            batch_row = T.alloc_var("int32")
             batch_row = 0 if cfg.varlen else bc // T.ceildiv(seq_len, C)
             if span[2] == 1:
                 body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, bh, batch_row, span[0], span[1], tx)
@@ -154,19 +156,20 @@ def _kernel(cfg: PrepConfig, body):
     return chunk_prep
 
 
-def _staged_inputs(cfg: PrepConfig):
-    """The macro that stages a chunk's inputs in shared memory: every global load first (q, k, gates and
-    their parameters), then gates and q's L2 norms from registers, then the gates' in-chunk cumsum.
+def _staged_inputs(cfg: PrepConfig, G: int):
+    """The macro that stages a chunk's inputs in shared memory: every global load first (q, k of key head
+    hk, the gates of value heads gate_head ... gate_head + G - 1 and their parameters), then gates and q's
+    L2 norms from registers, then the gates' in-chunk cumsum.
     Returns (k_s, q_s [64, 128] in the input dtype; gam_s, b_s [G, 64], rk_s, rq_s [64] fp32).
     With use_qk_l2norm rk_s is left to the caller, which reads |k|^2 off K K^T."""
     dt, f32 = cfg.dtype, "float32"
-    G, C = cfg.value_heads // cfg.key_heads, CHUNK
+    C = CHUNK
     # Gate rows per thread (G x 64 gates over 128 threads) and q/k rows per thread (16 lanes a row).
     gate_steps = -(-G * C // 128)
     row_steps = C // 8
 
     @T.macro
-    def staged_inputs(q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, tx):
+    def staged_inputs(q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, gate_head, tx):
         k_s = T.alloc_shared((C, HEAD_DIM), dt)
         q_s = T.alloc_shared((C, HEAD_DIM), dt)
         g_s = T.alloc_shared((G, C), f32)
@@ -191,11 +194,11 @@ def _staged_inputs(cfg: PrepConfig):
         for t in T.unroll(gate_steps):
             e = t * 128 + tx
             valid = T.if_then_else(e < G * C, bos + e % C < eos, False)
-            xg[t] = T.if_then_else(valid, T.cast(g[batch_row, bos + e % C, hk * G + e // C], f32), 0.0)
-            xb[t] = T.if_then_else(valid, T.cast(beta[batch_row, bos + e % C, hk * G + e // C], f32), 0.0)
+            xg[t] = T.if_then_else(valid, T.cast(g[batch_row, bos + e % C, gate_head + e // C], f32), 0.0)
+            xb[t] = T.if_then_else(valid, T.cast(beta[batch_row, bos + e % C, gate_head + e // C], f32), 0.0)
             if cfg.raw_gates:
-                xdt[t] = T.if_then_else(e < G * C, T.cast(dt_bias[hk * G + e // C], f32), 0.0)
-                xa[t] = T.if_then_else(e < G * C, T.cast(a_log[hk * G + e // C], f32), 0.0)
+                xdt[t] = T.if_then_else(e < G * C, T.cast(dt_bias[gate_head + e // C], f32), 0.0)
+                xa[t] = T.if_then_else(e < G * C, T.cast(a_log[gate_head + e // C], f32), 0.0)
         for t in T.unroll(gate_steps):
             e = t * 128 + tx
             if e < G * C:
@@ -232,27 +235,38 @@ def _staged_inputs(cfg: PrepConfig):
     return staged_inputs
 
 
+def chunk_vectors(cfg: PrepConfig, gam_s, rk_s, rq_s, v, r, valid) -> tuple:
+    """(a, o, d, lambda) of value head v (its row of gam_s) at token r (module docstring); a, o and d are 0
+    where not valid (rows past the sequence's end)."""
+    C, scale = CHUNK, float(cfg.scale)
+    e = T.exp2(gam_s[v, r] * LOG2E)
+    d_decay = T.exp2((gam_s[v, C - 1] - gam_s[v, r]) * LOG2E)
+    return (
+        T.if_then_else(valid, e * rk_s[r], 0.0), T.if_then_else(valid, scale * e * rq_s[r], 0.0),
+        T.if_then_else(valid, d_decay * rk_s[r], 0.0), T.exp2(gam_s[v, C - 1] * LOG2E),
+    )
+
+
 @T.macro
 def _store_vectors(cfg: PrepConfig, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos):
     """vecs[bc, h] of the key head's value heads h: a, o, d and lambda (module docstring)."""
-    G, C, scale = cfg.value_heads // cfg.key_heads, CHUNK, float(cfg.scale)
+    G, C = cfg.value_heads // cfg.key_heads, CHUNK
     for v, r in T.Parallel(G, C):
-        valid = bos + r < eos
-        e = T.exp2(gam_s[v, r] * LOG2E)
-        vecs[bc, hk * G + v, 0, r] = T.if_then_else(valid, e * rk_s[r], 0.0)
-        vecs[bc, hk * G + v, 1, r] = T.if_then_else(valid, scale * e * rq_s[r], 0.0)
-        d_decay = T.exp2((gam_s[v, C - 1] - gam_s[v, r]) * LOG2E)
-        vecs[bc, hk * G + v, 2, r] = T.if_then_else(valid, d_decay * rk_s[r], 0.0)
-        vecs[bc, hk * G + v, 3, r] = T.exp2(gam_s[v, C - 1] * LOG2E)
+        a, o, d, lam = chunk_vectors(cfg, gam_s, rk_s, rq_s, v, r, bos + r < eos)
+        vecs[bc, hk * G + v, 0, r] = a
+        vecs[bc, hk * G + v, 1, r] = o
+        vecs[bc, hk * G + v, 2, r] = d
+        vecs[bc, hk * G + v, 3, r] = lam
 
 
-def _body(cfg: PrepConfig):
-    """The per-CTA body (module docstring)."""
+def prep_steps(cfg: PrepConfig, G: int) -> dict:
+    """The stages of one chunk's prep, as macros for a CTA of 128 threads that handles G value heads of
+    one key head: staged_inputs, normed_scores, decayed, diagonal_inverse, inverse (each documented
+    below). `_body` runs them for a key head's group; chunk_scan's self-prepping step
+    (`ScanConfig.prep`) for one value head (G = 1)."""
     dt, f32, f16 = cfg.dtype, "float32", "float16"
     C = CHUNK
-    G = cfg.value_heads // cfg.key_heads
     scale = float(cfg.scale)
-    staged_inputs = _staged_inputs(cfg)
     full_row = T.GemmWarpPolicy.FullRow
 
     @T.macro
@@ -327,9 +341,26 @@ def _body(cfg: PrepConfig):
         T.copy(acc, af)
         T.gemm(af, d_s, acc2, clear_accum=True, policy=full_row)
 
+    return dict(
+        staged_inputs=_staged_inputs(cfg, G), normed_scores=normed_scores, decayed=decayed,
+        diagonal_inverse=diagonal_inverse, inverse=inverse,
+    )
+
+
+def _body(cfg: PrepConfig):
+    """The per-CTA body (module docstring)."""
+    dt, f32, f16 = cfg.dtype, "float32", "float16"
+    C = CHUNK
+    G = cfg.value_heads // cfg.key_heads
+    steps = prep_steps(cfg, G)
+    staged_inputs, normed_scores, decayed = steps["staged_inputs"], steps["normed_scores"], steps["decayed"]
+    diagonal_inverse, inverse = steps["diagonal_inverse"], steps["inverse"]
+
     @T.macro
     def body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, hk, batch_row, bos, eos, tx):
-        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, tx)
+        k_s, q_s, gam_s, b_s, rk_s, rq_s = staged_inputs(
+            q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, hk * G, tx
+        )
         blocks_s = T.alloc_shared((4, BLOCK_STRIDE), f32)
         lo_s = T.alloc_shared((C, C), f16)
         d_s = T.alloc_shared((C, C), f16)

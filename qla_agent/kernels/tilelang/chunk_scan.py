@@ -42,7 +42,9 @@ from dataclasses import dataclass
 import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
-from qla_agent.kernels.tilelang.chunk_prep import CHUNK, strided_heads
+from qla_agent.kernels.tilelang.chunk_prep import (
+    BLOCK_STRIDE, CHUNK, EX2_PRELUDE, PrepConfig, chunk_vectors, prep_steps, strided_heads,
+)
 
 # A warm-up window ends once its chunks' decays multiply to below e^-10 (4.5e-5, ~90x under bf16's 2^-8).
 WARMUP_LOG_DECAY = -10.0
@@ -51,6 +53,8 @@ WARMUP_LOG_DECAY = -10.0
 ROW_PAD = 8
 # A chunk's decay factor is clamped to this before its log (exp(gamma_C) may underflow to 0).
 MIN_CHUNK_DECAY = 1e-30
+# The value-rows step's buffers besides the q and k tiles (`_step_buffers`), as `row_update` unpacks them.
+ROW_UPDATE_BUFFERS = ("v_s", "t_s", "p_s", "vec_s", "o_s", "s_b", "x", "w", "uf", "u", "ud", "y", "lam")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +80,19 @@ class ScanConfig:
     # Hopper (sm_90a) only: the value-rows GEMMs as wgmma, A from registers, B read by the warpgroup
     # from shared memory once (mma.sync reads it once per warp); `build` then leaves WGMMA on.
     wgmma: bool = False
+    # Short calls: each CTA preps its own chunks (chunk_prep's stages for its value head; T, P and the
+    # vectors straight into shared memory) before the step, so the whole prefill is this one launch with
+    # no T / P / vector buffers: the prep's launch and allocations cost more host time than an append's
+    # device time. The prep is then done once per 64-column slice instead of once per key head.
+    prep: PrepConfig | None = None
 
     def __post_init__(self):
         if self.value_rows and self.split_k:
             raise ValueError("value_rows has no second K tile (it measured slower: benchmarks/NOTES.md, session 6)")
         if self.wgmma and not (self.value_rows and self.threads % 128 == 0):
             raise ValueError("wgmma needs value_rows (A operands in registers) on whole warpgroups (128 threads)")
+        if self.prep is not None and not (self.value_rows and self.threads == 128 and not self.warmup):
+            raise ValueError("a self-prepping scan (prep) runs the value-rows step on 128 threads, without warm-up")
         if self.value_rows and self.block_v != 16 * (self.threads // 32):
             raise ValueError(
                 f"value_rows gives each of the {self.threads // 32} warps 16 state columns: block_v must be "
@@ -115,6 +126,8 @@ def _step_buffers(cfg: ScanConfig) -> dict:
         unused = ("q_s", "p_s", "u_s", "o_s", "qs")
     if cfg.warmup:
         specs.update(dict.fromkeys(unused))
+    if cfg.prep is not None:  # q and k are staged by the prep (`chunk_prep.prep_steps`)
+        specs.update(q_s=None, k_s=None)
     return specs
 
 
@@ -178,17 +191,10 @@ def program(cfg: ScanConfig):
                     o[batch_row, bos + r, bh, v0 + x] = o_s[r, x]
 
     @T.macro
-    def row_step(q, k, v, tpmat, vecs, o, S, batch_row, bos, eos, chunk, bh, hk, v0, b):
-        # S is S^T [block_v, 128]; every fragment here has the warps' value columns as rows.
-        q_s, k_s, v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = b.values()
-        if outputs:
-            T.copy(q[batch_row, bos:bos + C, hk, 0:D], q_s)
-        T.copy(k[batch_row, bos:bos + C, hk, 0:D], k_s)
-        T.copy(v[batch_row, bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
-        T.copy(tpmat[chunk, bh, 0, 0:C, 0:C], t_s)
-        if outputs:
-            T.copy(tpmat[chunk, bh, 1, 0:C, 0:C], p_s)
-        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
+    def row_update(q_s, k_s, o, S, batch_row, bos, eos, bh, v0, b):
+        """The value-rows step on the chunk's tiles in shared memory (q_s, k_s and b's v_s, t_s, p_s, vec_s).
+        S is S^T [block_v, 128]; every fragment here has the warps' value columns as rows."""
+        v_s, t_s, p_s, vec_s, o_s, s_b, x, w, uf, u, ud, y, lam = (b[name] for name in ROW_UPDATE_BUFFERS)
         lam[0] = vec_s[3, 0]
         T.copy(S, s_b)
         T.gemm(s_b, k_s, x, transpose_B=True, clear_accum=True, policy=ROWS)  # X^T = S^T K^T
@@ -218,7 +224,65 @@ def program(cfg: ScanConfig):
                 if bos + c < eos:
                     o[batch_row, bos + c, bh, v0 + r] = o_s[c, r]
 
-    chunk_step = row_step if cfg.value_rows else column_step
+    @T.macro
+    def row_step(q, k, v, tpmat, vecs, o, S, batch_row, bos, eos, chunk, bh, hk, v0, b):
+        q_s, k_s, v_s, t_s, p_s, vec_s = b["q_s"], b["k_s"], b["v_s"], b["t_s"], b["p_s"], b["vec_s"]
+        if outputs:
+            T.copy(q[batch_row, bos:bos + C, hk, 0:D], q_s)
+        T.copy(k[batch_row, bos:bos + C, hk, 0:D], k_s)
+        T.copy(v[batch_row, bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
+        T.copy(tpmat[chunk, bh, 0, 0:C, 0:C], t_s)
+        if outputs:
+            T.copy(tpmat[chunk, bh, 1, 0:C, 0:C], p_s)
+        T.copy(vecs[chunk, bh, 0:4, 0:C], vec_s)
+        row_update(q_s, k_s, o, S, batch_row, bos, eos, bh, v0, b)
+
+    # The prep's stages for one value head per CTA, and the exp2 they call (a self-prepping scan only).
+    steps = None if cfg.prep is None else prep_steps(cfg.prep, 1)
+    prelude = {} if cfg.prep is None else dict(prelude=EX2_PRELUDE)
+
+    @T.macro
+    def prepped_row_step(q, k, v, g, beta, a_log, dt_bias, o, S, batch_row, bos, eos, chunk, bh, hk, v0, b):
+        """`row_step` with the chunk's T, P and vectors computed here for value head bh (`chunk_prep`'s
+        stages for a group of one) instead of loaded."""
+        v_s, t_s, p_s, vec_s = b["v_s"], b["t_s"], b["p_s"], b["vec_s"]
+        tx = T.get_thread_binding()
+        k_s, q_s, gam_s, b_s, rk_s, rq_s = steps["staged_inputs"](
+            q, k, g, beta, a_log, dt_bias, batch_row, bos, eos, hk, bh, tx
+        )
+        T.copy(v[batch_row, bos:bos + C, bh, v0:v0 + BV], v_s[0:C, 0:BV])
+        blocks_s = T.alloc_shared((4, BLOCK_STRIDE), f32)
+        lo_s = T.alloc_shared((C, C), "float16")
+        d_s = T.alloc_shared((C, C), "float16")
+        qk = T.alloc_fragment((C, C), f32)
+        kk = T.alloc_fragment((C, C), f32)
+        pf = T.alloc_fragment((C, C), dt)
+        acc = T.alloc_fragment((C, C), f32)
+        acc2 = T.alloc_fragment((C, C), f32)
+        af = T.alloc_fragment((C, C), "float16")
+        b_col = T.alloc_fragment((C,), f32)
+        xs = T.alloc_local((16,), f32)
+        T.gemm(q_s, k_s, qk, transpose_B=True, clear_accum=True)
+        T.gemm(k_s, k_s, kk, transpose_B=True, clear_accum=True)
+        steps["normed_scores"](qk, kk, rk_s, rq_s)
+        steps["decayed"](qk, kk, gam_s, b_s, 0, pf, lo_s, blocks_s)
+        T.copy(pf, p_s)
+        T.clear(d_s)
+        steps["diagonal_inverse"](blocks_s, d_s, tx, xs)
+        steps["inverse"](lo_s, d_s, acc, acc2, af)
+        for c in T.Parallel(C):
+            b_col[c] = -b_s[0, c]
+        for r, c in T.Parallel(C, C):
+            t_s[r, c] = T.cast(acc2[r, c] * b_col[c], dt)
+        for r in T.Parallel(C):
+            a, o_scale, d, lam = chunk_vectors(cfg.prep, gam_s, rk_s, rq_s, 0, r, bos + r < eos)
+            vec_s[0, r] = a
+            vec_s[1, r] = o_scale
+            vec_s[2, r] = d
+            vec_s[3, r] = lam
+        row_update(q_s, k_s, o, S, batch_row, bos, eos, bh, v0, b)
+
+    chunk_step = prepped_row_step if cfg.prep is not None else row_step if cfg.value_rows else column_step
 
     def allocate():
         """The chunk step's buffers, once per CTA, and the state slice (S, or S^T with value_rows)."""
@@ -253,10 +317,14 @@ def program(cfg: ScanConfig):
 
         Dense partition p of sequence s (n_seqs = sequences x parts) starts from h0[its index] and
         stores its state only if it is the sequence's last; varlen sequences are whole (parts = 1)."""
-        with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads) as (bv, bh, bn):
+        with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads, **prelude) as (bv, bh, bn):
             # (first token, end, first chunk) of the CTA's token run, in its batch row: the sequence's
             # (dense), row 0 (varlen: the sequences are packed in it)
             span = T.alloc_local((3,), "int32")
+            # Variables, computed once: as expressions their divisions were inlined into every access.
+            seq = T.alloc_var("int32")
+            part = T.alloc_var("int32")
+            batch_row = T.alloc_var("int32")
             seq = bn // parts
             part = bn % parts
             batch_row = 0 if cfg.varlen else seq
@@ -275,10 +343,18 @@ def program(cfg: ScanConfig):
                 load_state(h0, bn, bh, S, bv * BV)
             else:
                 T.clear(S)
-            for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
-                chunk_step(
-                    *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
-                )
+            if cfg.prep is not None:
+                # Not pipelined: the next chunk's q and k, prefetched into registers, would stay live
+                # through the prep (1.6 KB of spills per thread).
+                for j in T.serial(T.ceildiv(span[1] - span[0], C)):
+                    chunk_step(
+                        *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
+                    )
+            else:
+                for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
+                    chunk_step(
+                        *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
+                    )
             if cfg.store_final_state and part == parts - 1:
                 store_state(S, ht, seq, bh, bv * BV)
 
@@ -286,6 +362,10 @@ def program(cfg: ScanConfig):
     def warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
         """One CTA per (partition, head, slice): the state at the partition's start, into starts[partition]."""
         with T.Kernel(D // BV, Hv, n_parts, threads=cfg.threads) as (bv, bh, bn):
+            # Variables, computed once (as expressions their divisions would be inlined into every access).
+            seq = T.alloc_var("int32")
+            end = T.alloc_var("int32")
+            first_chunk = T.alloc_var("int32")
             seq = bn // parts
             end = bn % parts * part_chunks  # the partition's first chunk: the window ends there
             first_chunk = seq * T.ceildiv(seq_len, C)
@@ -339,6 +419,40 @@ def program(cfg: ScanConfig):
             warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks)
 
         return chunk_warmup
+
+    if cfg.prep is not None:
+        names = ("sgb", "sgt", "sbb", "sbt")
+        sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in names)
+
+        @T.prim_func
+        def chunk_scan_prepped(
+            q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
+            k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
+            v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
+            g: T.StridedTensor((batch, seqlen, Hv), (sgb, sgt, 1), cfg.prep.gate_dtype),
+            beta: T.StridedTensor((batch, seqlen, Hv), (sbb, sbt, 1), cfg.prep.gate_dtype),
+            a_log: T.Tensor((Hv,), cfg.prep.param_dtype),
+            dt_bias: T.Tensor((Hv,), cfg.prep.param_dtype),
+            h0: T.Tensor((nh0, Hv, D, D), f32),
+            cu_seqlens: T.Tensor((ncu,), "int32"),
+            o: T.Tensor((batch, seqlen, Hv, D), dt),
+            ht: T.Tensor((nht, Hv, D, D), f32),
+            seq_len: T.int32,
+            n_seqs: T.int32,
+            q_batch8: sqb,
+            q_token8: sqt,
+            k_batch8: skb,
+            k_token8: skt,
+            v_batch8: svb,
+            v_token8: svt,
+            g_batch: sgb,
+            g_token: sgt,
+            beta_batch: sbb,
+            beta_token: sbt,
+        ):
+            walk((q, k, v, g, beta, a_log, dt_bias), h0, cu_seqlens, o, ht, seq_len, n_seqs, 1, T.ceildiv(seq_len, C))
+
+        return chunk_scan_prepped
 
     @T.prim_func
     def chunk_scan(

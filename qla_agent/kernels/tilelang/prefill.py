@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 CHUNK = chunk_prep.CHUNK
 # Context parallelism keeps partitions at least this many chunks long (the warm-up costs a few chunks).
 MIN_PART_CHUNKS = 16
+# Calls of at most this many tokens (an agent's appends) run the self-prepping scan: one launch, no
+# T / P / vector buffers (`chunk_scan.ScanConfig.prep`). Each chunk costs it ~7 us of serial prep, so two
+# chunks (~18 us) stay below the host time of two launches; longer calls take the two kernels, whose
+# device time grows ~4x slower with T (H100, benchmarks/NOTES.md session 7).
+PREPPED_MAX_TOKENS = 128
 
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
@@ -58,13 +63,14 @@ def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
     arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None, parts: int = 1,
-    prep_overrides: dict | None = None,
+    prep_overrides: dict | None = None, prepped: bool = False,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
     """The prep and scan configs of one call (a pure function of shapes and flags, for precompiling too);
     with parts > 1 partitions per sequence the scan starts from the warm-up's states (`warmup_config`).
 
     scan_overrides / prep_overrides replace ScanConfig / PrepConfig fields (threads, split_k, wgmma, ...) for
-    benchmarking variants: wgmma=False in both runs the portable path on a Hopper card.
+    benchmarking variants: wgmma=False in both runs the portable path on a Hopper card. prepped: the scan
+    preps its own chunks (`ScanConfig.prep`; value rows, 64 columns on 128 threads, the prep's CTA).
     """
     tl = build.TORCH_TO_TL
     tl_dtype = tl[dtype]
@@ -74,7 +80,10 @@ def prefill_configs(
         wgmma=arch == "sm_90a",
     )
     prep = dataclasses.replace(prep, **(prep_overrides or {}))
-    tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
+    if prepped:
+        tile = dict(block_v=64, threads=128, split_k=False, value_rows=True, wgmma=arch == "sm_90a")
+    else:
+        tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
     if block_v is not None:
         tile["block_v"] = block_v
         if tile.get("value_rows"):  # 16 columns per warp; wgmma takes whole warpgroups
@@ -83,7 +92,10 @@ def prefill_configs(
         key_heads=key_heads, value_heads=value_heads, dtype=tl_dtype, has_initial_state=has_h0 or parts > 1,
         store_final_state=store_ht, varlen=varlen, **tile,
     )
-    return prep, dataclasses.replace(scan, **(scan_overrides or {}))
+    scan = dataclasses.replace(scan, **(scan_overrides or {}))
+    if prepped:  # the prep's GEMMs are lowered as the scan's (wgmma is a compile-wide switch)
+        scan = dataclasses.replace(scan, prep=dataclasses.replace(prep, wgmma=scan.wgmma))
+    return prep, scan
 
 
 def warmup_config(scan: chunk_scan.ScanConfig, has_h0: bool) -> chunk_scan.ScanConfig:
@@ -94,10 +106,10 @@ def warmup_config(scan: chunk_scan.ScanConfig, has_h0: bool) -> chunk_scan.ScanC
 @dataclass(frozen=True, slots=True)
 class LaunchPlan:
     """What every call with one signature shares: the kernels' FFI entries (warmup: None without context
-    parallelism) and the stand-ins for arguments the specialisation never reads (no offsets, no gate
+    parallelism; prep: None when the scan preps its own chunks) and the stand-ins for arguments the specialisation never reads (no offsets, no gate
     parameters, no state)."""
 
-    prep: Callable[..., object]
+    prep: Callable[..., object] | None
     scan: Callable[..., object]
     warmup: Callable[..., object] | None
     no_offsets: torch.Tensor
@@ -115,7 +127,7 @@ def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
     has_h0: bool, store_ht: bool, num_seqs: int, parts: int, block_v: int | None, overrides: tuple,
-    prep_overrides: tuple,
+    prep_overrides: tuple, prepped: bool,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
@@ -124,11 +136,11 @@ def _make_plan(
         param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
         raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
         num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
-        parts=parts, prep_overrides=dict(prep_overrides),
+        parts=parts, prep_overrides=dict(prep_overrides), prepped=prepped,
     )
     warmup = None if parts == 1 else compiler(chunk_scan.program, warmup_config(scan_cfg, has_h0), arch)
     return LaunchPlan(
-        prep=build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
+        prep=None if prepped else build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
         warmup=None if warmup is None else build.entry(warmup),
         scan=build.entry(compiler(chunk_scan.program, scan_cfg, arch)),
         no_offsets=build.placeholder((2,), torch.int32, device),
@@ -204,7 +216,7 @@ def gdn_prefill(
     A_log: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, block_v: int | None = None,
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
     scan_overrides: dict | None = None, prep_only: bool = False, context_parallel: bool = True,
-    parts: int | None = None, prep_overrides: dict | None = None,
+    parts: int | None = None, prep_overrides: dict | None = None, prepped: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
@@ -213,8 +225,8 @@ def gdn_prefill(
     (contiguous, those shapes and dtypes) receive the results when given; block_v, scan_overrides and prep_overrides
     override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it)
     and returns its outputs (T and P [chunks, Hv, 2, 64, 64], the vectors [chunks, Hv, 4, 64]).
-    Per call this runs two kernels (three with context parallelism) and makes four allocations (five) and
-    no views: the kernels read q, k, v, g and beta in their own layouts through their strides
+    Per call this runs two kernels (three with context parallelism; one for a call of at most
+    PREPPED_MAX_TOKENS tokens, `prepped`) and makes four allocations (five; two) and no views: the kernels read q, k, v, g and beta in their own layouts through their strides
     (`input_strides`; only a layout they cannot read is copied) and write o as [B, T, Hv, 128];
     everything else is looked up by the call's signature.
 
@@ -224,6 +236,9 @@ def gdn_prefill(
     e^-10 of the older state). Only with use_qk_l2norm, as its error bound needs unit-norm keys (and
     0 <= beta <= 2, g <= 0, which the model's gates satisfy). `parts` overrides the partition count
     (benchmarks).
+
+    prepped: run the self-prepping scan, one launch (`chunk_scan.ScanConfig.prep`); None (the default)
+    takes it for a call of at most PREPPED_MAX_TOKENS tokens without context parallelism or tile overrides.
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
@@ -244,12 +259,16 @@ def gdn_prefill(
             raise ValueError(f"parts must be a positive partition count, got {parts}")
         part_chunks = -(-chunks // parts)
         parts = -(-chunks // part_chunks)
+    if prepped is None:
+        prepped = parts == 1 and batch * seqlen <= PREPPED_MAX_TOKENS and not (
+            prep_only or block_v or scan_overrides or prep_overrides
+        )
     key = (
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
         output_final_state, num_seqs, parts, block_v,
         tuple(sorted(scan_overrides.items())) if scan_overrides else (),
-        tuple(sorted(prep_overrides.items())) if prep_overrides else (),
+        tuple(sorted(prep_overrides.items())) if prep_overrides else (), prepped,
     )
     plan = _plans.get(key)
     if plan is None:
@@ -273,12 +292,13 @@ def gdn_prefill(
     else:
         a_log = A_log.contiguous()
         dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
-    # new_empty with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
-    tpmat = q.new_empty(num_chunks, hv, 2, CHUNK, CHUNK)
-    vecs = plan.no_state.new_empty(num_chunks, hv, 4, CHUNK)
-    plan.prep(q, k, g, beta, a_log, dtb, cu, tpmat, vecs, seqlen, *prep_strides)
-    if prep_only:
-        return tpmat, vecs
+    if plan.prep is not None:
+        # new_empty with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
+        tpmat = q.new_empty(num_chunks, hv, 2, CHUNK, CHUNK)
+        vecs = plan.no_state.new_empty(num_chunks, hv, 4, CHUNK)
+        plan.prep(q, k, g, beta, a_log, dtb, cu, tpmat, vecs, seqlen, *prep_strides)
+        if prep_only:
+            return tpmat, vecs
 
     o = v.new_empty(batch, seqlen, hv, dim) if out is None else out
     if initial_state is None:
@@ -299,5 +319,8 @@ def gdn_prefill(
         starts = plan.no_state.new_empty(batch * parts, hv, dim, dim)
         plan.warmup(k, v, tpmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, *scan_strides[2:])
         h0 = starts
-    plan.scan(q, k, v, tpmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks, *scan_strides)
+    if plan.prep is None:
+        plan.scan(q, k, v, g, beta, a_log, dtb, h0, cu, o, ht, seqlen, num_seqs, *scan_strides, *prep_strides[4:])
+    else:
+        plan.scan(q, k, v, tpmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks, *scan_strides)
     return o, (ht if output_final_state else None)
