@@ -170,6 +170,7 @@ APPEND_SHAPES = [AppendShape(t, hv) for hv in (16, 32) for t in (16, 64, 256, 10
 # Issue 7: an append of T <= 256 tokens must take at most this long per call, eagerly.
 APPEND_TARGET_US = 30.0
 EAGER_CALLS = 200
+EAGER_ROUNDS = 11
 
 
 def append_input_sets(shape: AppendShape, device: torch.device) -> list[dict]:
@@ -232,12 +233,14 @@ def append_runners(sets: list[dict], impls: list[str]) -> dict:
 
 def eager_append_us(fn, calls: int = EAGER_CALLS) -> float:
     """Microseconds per call of `calls` back-to-back eager calls (wall clock, one sync at the end):
-    host and device overlap, so this is max(host, device) per call, the median of 5 rounds."""
-    for i in range(calls):
-        fn(i)
-    torch.cuda.synchronize()
+    host and device overlap, so this is max(host, device) per call, the median of EAGER_ROUNDS rounds
+    after two rounds of warm-up (with one, the first shape measured ran 1.5-2x slow: NOTES, session 7)."""
+    for _ in range(2):
+        for i in range(calls):
+            fn(i)
+        torch.cuda.synchronize()
     rounds = []
-    for _ in range(5):
+    for _ in range(EAGER_ROUNDS):
         start = time.perf_counter()
         for i in range(calls):
             fn(i)
