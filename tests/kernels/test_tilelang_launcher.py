@@ -78,6 +78,19 @@ def test_short_calls_run_the_self_prepping_scan_alone(fake_kernels, lens, batch,
     assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
 
 
+def test_prepped_scan_takes_whole_sequences_and_has_no_prep_only(fake_kernels) -> None:
+    """Asked for on a call context parallelism would split, the self-prepping scan runs each sequence whole
+    (one CTA row per sequence, no warm-up); it has no first launch for prep_only to stop after."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    x = _inputs(None, 2, 4100, 2, 4, raw=False)
+    gdn_prefill(**x, use_qk_l2norm=True, prepped=True)
+    assert "chunk_warmup" not in fake_kernels and "chunk_prep" not in fake_kernels
+    assert fake_kernels["chunk_scan_prepped"].calls[-1]["n_seqs"] == 2
+    with pytest.raises(ValueError, match="prep_only"):
+        gdn_prefill(**x, use_qk_l2norm=True, prepped=True, prep_only=True)
+
+
 def test_context_parallel_warms_up_then_scans_partitions(fake_kernels) -> None:
     """A long dense call with few heads: the warm-up writes one starting state per partition, the scan reads
     them as its initial states, runs B x parts CTAs per head slice and stores the B final states."""

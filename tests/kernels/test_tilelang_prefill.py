@@ -321,7 +321,8 @@ def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, skip: int
 
 
 @pytest.mark.parametrize(
-    ("tokens", "kernels"), [(100, ("chunk_scan_prepped",)), (300, ("chunk_prep", "chunk_scan"))], ids=["append", "prompt"]
+    ("tokens", "kernels"), [(100, ("chunk_scan_prepped",)), (300, ("chunk_prep", "chunk_scan"))],
+    ids=["append", "prompt"],
 )
 def test_runtime_layout_launches_only_its_kernels(tokens: int, kernels: tuple[str, ...]) -> None:
     """The runtime layer's call (public entry, strided inputs, state in and out) launches its kernels and

@@ -27,6 +27,10 @@ row with zeros). q, k and v [B, T, H, 128] are read in place through their batch
 (dense: the sequence's, varlen: row 0 from its cu_seqlens offset). T and P come in one buffer
 (`chunk_prep`: tpmat [chunks, Hv, 2, 64, 64]).
 
+Short calls (`ScanConfig.prep`, the launcher's path for appends): the value-rows step computes the chunk's
+T, P and vectors itself, with chunk_prep's stages for the CTA's value head (`chunk_prep.prep_steps`),
+straight into the shared tiles it reads, so the prefill is this one launch with no buffers in between.
+
 Context parallelism (dense inputs): each sequence is cut into `parts` partitions of `part_chunks`
 chunks, run as independent CTAs. Their starting states come from the warm-up program
 (`ScanConfig.warmup`): the recurrence without outputs over the last chunks before the partition,

@@ -106,8 +106,8 @@ def warmup_config(scan: chunk_scan.ScanConfig, has_h0: bool) -> chunk_scan.ScanC
 @dataclass(frozen=True, slots=True)
 class LaunchPlan:
     """What every call with one signature shares: the kernels' FFI entries (warmup: None without context
-    parallelism; prep: None when the scan preps its own chunks) and the stand-ins for arguments the specialisation never reads (no offsets, no gate
-    parameters, no state)."""
+    parallelism; prep: None when the scan preps its own chunks) and the stand-ins for arguments the
+    specialisation never reads (no offsets, no gate parameters, no state)."""
 
     prep: Callable[..., object] | None
     scan: Callable[..., object]
@@ -226,9 +226,10 @@ def gdn_prefill(
     override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it)
     and returns its outputs (T and P [chunks, Hv, 2, 64, 64], the vectors [chunks, Hv, 4, 64]).
     Per call this runs two kernels (three with context parallelism; one for a call of at most
-    PREPPED_MAX_TOKENS tokens, `prepped`) and makes four allocations (five; two) and no views: the kernels read q, k, v, g and beta in their own layouts through their strides
-    (`input_strides`; only a layout they cannot read is copied) and write o as [B, T, Hv, 128];
-    everything else is looked up by the call's signature.
+    PREPPED_MAX_TOKENS tokens, `prepped`) and makes four allocations (five; two) and no views: the
+    kernels read q, k, v, g and beta in their own layouts through their strides (`input_strides`; only a
+    layout they cannot read is copied) and write o as [B, T, Hv, 128]; everything else is looked up by
+    the call's signature.
 
     context_parallel: a dense call whose B x Hv heads leave SMs idle splits each sequence into
     partitions scanned at once (`context_parts`), after a warm-up launch that finds their starting
@@ -237,8 +238,9 @@ def gdn_prefill(
     0 <= beta <= 2, g <= 0, which the model's gates satisfy). `parts` overrides the partition count
     (benchmarks).
 
-    prepped: run the self-prepping scan, one launch (`chunk_scan.ScanConfig.prep`); None (the default)
-    takes it for a call of at most PREPPED_MAX_TOKENS tokens without context parallelism or tile overrides.
+    prepped: run the self-prepping scan, one launch (`chunk_scan.ScanConfig.prep`; sequences whole, no
+    context parallelism); None (the default) takes it for a call of at most PREPPED_MAX_TOKENS tokens
+    without tile overrides.
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
@@ -247,7 +249,7 @@ def gdn_prefill(
     chunks = -(-seqlen // CHUNK)
     if cu_seqlens is not None:
         parts, part_chunks = 1, 0  # varlen sequences are scanned whole
-    elif not (context_parallel and use_qk_l2norm) or prep_only:
+    elif not (context_parallel and use_qk_l2norm) or prep_only or prepped:
         parts, part_chunks = 1, chunks
     elif parts is None and chunks < 2 * MIN_PART_CHUNKS:
         # Too short to split (`context_parts`): short appends skip the SM count lookup.
@@ -263,6 +265,8 @@ def gdn_prefill(
         prepped = parts == 1 and batch * seqlen <= PREPPED_MAX_TOKENS and not (
             prep_only or block_v or scan_overrides or prep_overrides
         )
+    elif prepped and prep_only:
+        raise ValueError("prep_only stops after the two-kernel path's first launch; prepped=True has no such launch")
     key = (
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
