@@ -41,6 +41,7 @@ bf16 resolution. Heads that never decay that much walk back to the sequence star
 state: exact, just not faster.
 """
 
+import functools
 from dataclasses import dataclass
 
 import tilelang.language as T
@@ -287,6 +288,9 @@ def program(cfg: ScanConfig):
         row_update(q_s, k_s, o, S, batch_row, bos, eos, bh, v0, b)
 
     chunk_step = prepped_row_step if cfg.prep is not None else row_step if cfg.value_rows else column_step
+    # A self-prepping scan's chunks are not pipelined: the next chunk's q and k, prefetched into registers,
+    # would stay live through the prep (1.6 KB of spills per thread).
+    chunk_loop = T.serial if cfg.prep is not None else functools.partial(T.Pipelined, num_stages=cfg.num_stages)
 
     def allocate():
         """The chunk step's buffers, once per CTA, and the state slice (S, or S^T with value_rows)."""
@@ -347,18 +351,10 @@ def program(cfg: ScanConfig):
                 load_state(h0, bn, bh, S, bv * BV)
             else:
                 T.clear(S)
-            if cfg.prep is not None:
-                # Not pipelined: the next chunk's q and k, prefetched into registers, would stay live
-                # through the prep (1.6 KB of spills per thread).
-                for j in T.serial(T.ceildiv(span[1] - span[0], C)):
-                    chunk_step(
-                        *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
-                    )
-            else:
-                for j in T.Pipelined(T.ceildiv(span[1] - span[0], C), num_stages=cfg.num_stages):
-                    chunk_step(
-                        *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
-                    )
+            for j in chunk_loop(T.ceildiv(span[1] - span[0], C)):
+                chunk_step(
+                    *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
+                )
             if cfg.store_final_state and part == parts - 1:
                 store_state(S, ht, seq, bh, bv * BV)
 
