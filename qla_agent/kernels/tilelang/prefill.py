@@ -1,5 +1,5 @@
 """Launcher of the TileLang GDN prefill: picks the kernel configs, shapes the buffers, runs two kernels
-(three with context parallelism).
+(three with context parallelism, one for a short call).
 
 No host synchronisation: sequence boundaries are read on the device (the kernels walk cu_seqlens),
 and every buffer size follows from tensor shapes alone, so a call can be captured in a CUDA graph.
