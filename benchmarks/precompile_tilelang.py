@@ -23,7 +23,7 @@ from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS
 from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import (  # noqa: E402
-    PREPPED_MAX_TOKENS, context_parts, prefill_configs, warmup_config,
+    PREPPED_MAX_TOKENS, context_parts, prefill_configs, takes_prepped, warmup_config,
 )
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
 from tests.kernels.test_tilelang_prefill import (  # noqa: E402
@@ -46,7 +46,7 @@ def _scan_pairs(call: dict, seqlen: int, common: dict, context_parallel: bool = 
     prefill_configs' tile arguments (block_v, scan_overrides)."""
     configs = {"gate_dtype": torch.float32, **call, **common, **overrides}
     tokens = seqlen * (1 if call["varlen"] else call["num_seqs"])
-    if not overrides and tokens <= PREPPED_MAX_TOKENS:  # the launcher's one-launch path
+    if takes_prepped(tokens, 1, bool(overrides)):  # the launcher's one-launch path
         return [(chunk_scan.program, prefill_configs(**configs, prepped=True)[1])]
     prep, scan = prefill_configs(**configs)
     pairs = [(chunk_prep.program, prep), (chunk_scan.program, scan)]

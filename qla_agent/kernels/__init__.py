@@ -11,7 +11,7 @@ remembered and a call that repeats it goes straight there (`dispatch.call`), as 
 import torch
 
 from qla_agent.kernels import checks, checks_norms
-from qla_agent.kernels.dispatch import call, remembered
+from qla_agent.kernels.dispatch import call, remembered, resolve
 from qla_agent.kernels.reference import gdn_gates
 
 __all__ = [
@@ -32,23 +32,25 @@ def gdn_prefill(
     initial_state [N,Hv,K,V] fp32 (N = B, or len(cu_seqlens) - 1 with B = 1)
     -> o [B,T,Hv,V] in v.dtype, final_state [N,Hv,K,V] fp32 (None unless output_final_state).
     """
-    # Any T of a signature checked before goes straight to the backend chosen for it (an agent's appends:
-    # no argument dict is built on this path).
+    # `dispatch.call`'s path by hand: any T of a signature checked before goes straight to the backend
+    # chosen for it, and only a new signature builds the argument dict that checks and `resolve` read
+    # (an agent's appends are host-bound: this call is on their critical path).
     signature = checks.prefill_signature(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias)
-    fast = remembered("gdn_prefill", impl, signature)
-    if fast is not None:
-        return fast(
-            q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-            cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm, A_log=A_log, dt_bias=dt_bias,
+    fn = remembered("gdn_prefill", impl, signature)
+    if fn is None:
+        checks.check_gdn_prefill(
+            q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
         )
-    arguments = dict(
-        q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
-        A_log=A_log, dt_bias=dt_bias,
+        arguments = dict(
+            q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm,
+            A_log=A_log, dt_bias=dt_bias,
+        )
+        fn = resolve("gdn_prefill", impl, arguments, signature=signature)
+    return fn(
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens, use_qk_l2norm=use_qk_l2norm, A_log=A_log, dt_bias=dt_bias,
     )
-    return call("gdn_prefill", impl, arguments, lambda: checks.check_gdn_prefill(
-        q, k, v, g, beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log, dt_bias=dt_bias
-    ), signature=signature)
 
 
 def gdn_decode(

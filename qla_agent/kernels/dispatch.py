@@ -20,7 +20,8 @@ A call's choice can be remembered by a signature: a key that decides both the op
 `resolve(..., signature=)` keeps a fast function it chose under (op, impl, QLA_KERNEL_IMPL as set,
 signature), and `remembered` returns it for a later call with the same key, which then skips the
 checks, the backend import test and `supports`. Falling back is never remembered (each such call is
-resolved, and logged once, as before). `call` is the whole path, for the public entry points.
+resolved, and logged once, as before). `call` is the whole path, for the public entry points (gdn_prefill
+takes it by hand, building its argument dict only for a new signature).
 """
 
 import importlib

@@ -27,6 +27,12 @@ MIN_PART_CHUNKS = 16
 PREPPED_MAX_TOKENS = 128
 
 
+def takes_prepped(tokens: int, parts: int, overridden: bool) -> bool:
+    """Whether a call of `tokens` tokens in all, scanned in `parts` partitions per sequence, runs the
+    self-prepping scan by default (not when its tiles are overridden or it only times the prep)."""
+    return parts == 1 and tokens <= PREPPED_MAX_TOKENS and not overridden
+
+
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
     """chunk_scan's tile for N x Hv = parallel_units: block_v, threads, split_k, value_rows, wgmma.
 
@@ -262,9 +268,7 @@ def gdn_prefill(
         part_chunks = -(-chunks // parts)
         parts = -(-chunks // part_chunks)
     if prepped is None:
-        prepped = parts == 1 and batch * seqlen <= PREPPED_MAX_TOKENS and not (
-            prep_only or block_v or scan_overrides or prep_overrides
-        )
+        prepped = takes_prepped(batch * seqlen, parts, bool(prep_only or block_v or scan_overrides or prep_overrides))
     elif prepped and prep_only:
         raise ValueError("prep_only stops after the two-kernel path's first launch; prepped=True has no such launch")
     key = (
