@@ -199,10 +199,10 @@ def append_input_sets(shape: AppendShape, device: torch.device) -> list[dict]:
 
 
 def append_runners(sets: list[dict], impls: list[str]) -> dict:
-    """name -> fn(i) running call i on set i % len(sets). "ours" is the layer's public call; "ours_one" and
-    "ours_two" the launcher on the same inputs forced onto its one-launch path (the self-prepping scan) and
-    its two kernels, whichever T is (the launcher picks by PREPPED_MAX_TOKENS); "ours_prep" the two-kernel
-    path's first kernel alone; FLA and FlashQLA get compact q/k/v and the gates precomputed, as in the
+    """name -> fn(i) running call i on set i % len(sets). "ours" is the layer's public call; "ours_one",
+    "ours_fused" and "ours_two" the launcher on the same inputs forced onto each of its paths whichever T is
+    (the self-prepping scan, the fused kernel, the two kernels; it picks by PREPPED_MAX_TOKENS and
+    FUSED_MAX_TOKENS); "ours_prep" the two-kernel path's first kernel alone; FLA and FlashQLA get compact q/k/v and the gates precomputed, as in the
     prefill section."""
     from qla_agent import kernels
     from qla_agent.kernels.tilelang.prefill import gdn_prefill as launcher
@@ -227,7 +227,8 @@ def append_runners(sets: list[dict], impls: list[str]) -> dict:
         )
 
     out = {
-        "ours": ours, "ours_one": lambda i: launch(i, prepped=True), "ours_two": lambda i: launch(i, prepped=False),
+        "ours": ours, "ours_one": lambda i: launch(i, prepped=True), "ours_fused": lambda i: launch(i, fused=True),
+        "ours_two": lambda i: launch(i, prepped=False, fused=False),
         "ours_prep": lambda i: launch(i, prep_only=True),
     }
     for name, fn in runners(impls).items():
@@ -273,14 +274,14 @@ def format_append_table(rows: list[dict], card: str) -> str:
     """Markdown table: eager (host and device overlapped) and graph (device) microseconds per call."""
     lines = [
         f"card: {card} (appends, microseconds per call; target ours eager <= {APPEND_TARGET_US:.0f} at T <= 256)",
-        "| shape | ours eager | ours graph | one launch eager | one launch graph | two kernels eager "
-        "| two kernels graph | prep graph | FLA eager | FLA graph | FQ eager | FQ graph | dev vs FLA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | ours eager | ours graph | self-prepping eager | self-prepping graph | fused eager | fused graph "
+        "| two kernels eager | two kernels graph | prep graph | FLA eager | FLA graph | FQ eager | FQ graph | dev vs FLA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        names = ("ours_eager_us", "ours_graph_us", "ours_one_eager_us", "ours_one_graph_us", "ours_two_eager_us",
-                 "ours_two_graph_us", "ours_prep_graph_us", "fla_eager_us", "fla_graph_us", "flashqla_eager_us",
-                 "flashqla_graph_us")
+        names = ("ours_eager_us", "ours_graph_us", "ours_one_eager_us", "ours_one_graph_us", "ours_fused_eager_us",
+                 "ours_fused_graph_us", "ours_two_eager_us", "ours_two_graph_us", "ours_prep_graph_us", "fla_eager_us",
+                 "fla_graph_us", "flashqla_eager_us", "flashqla_graph_us")
         cells = " | ".join(cell(r.get(n)) for n in names)
         lines.append(f"| {r['shape']} | {cells} | {cell(r.get('ours_vs_fla'), '.1e')} |")
     return "\n".join(lines)

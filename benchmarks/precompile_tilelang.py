@@ -23,7 +23,7 @@ from benchmarks.kernels_decode import BLOCK_V_VARIANTS, DECODE_SHAPES, KEY_HEADS
 from benchmarks.kernels_norms import precompile_configs as norm_configs  # noqa: E402
 from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan, conv, decode  # noqa: E402
 from qla_agent.kernels.tilelang.prefill import (  # noqa: E402
-    PREPPED_MAX_TOKENS, context_parts, prefill_configs, takes_prepped, warmup_config,
+    FUSED_MAX_TOKENS, PREPPED_MAX_TOKENS, context_parts, prefill_configs, takes_fused, takes_prepped, warmup_config,
 )
 from tests.kernels.test_tilelang_decode import CASES as DECODE_CASES  # noqa: E402
 from tests.kernels.test_tilelang_prefill import (  # noqa: E402
@@ -46,8 +46,10 @@ def _scan_pairs(call: dict, seqlen: int, common: dict, context_parallel: bool = 
     prefill_configs' tile arguments (block_v, scan_overrides)."""
     configs = {"gate_dtype": torch.float32, **call, **common, **overrides}
     tokens = seqlen * (1 if call["varlen"] else call["num_seqs"])
-    if takes_prepped(tokens, 1, bool(overrides)):  # the launcher's one-launch path
+    if takes_prepped(tokens, 1, bool(overrides)):  # the launcher's one-launch paths
         return [(chunk_scan.program, prefill_configs(**configs, prepped=True)[1])]
+    if takes_fused(tokens, 1, bool(overrides), call["value_heads"], call["num_seqs"], common["sm_count"]):
+        return [(chunk_scan.program, prefill_configs(**configs, fused=True)[1])]
     prep, scan = prefill_configs(**configs)
     pairs = [(chunk_prep.program, prep), (chunk_scan.program, scan)]
     if context_parallel and not call["varlen"] and call["l2norm"]:
@@ -78,11 +80,11 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                        has_h0=True, store_ht=True, num_seqs=1), 100))
     # The runtime's GDN layer (qla_agent/runtime/layers/gdn.py): raw bf16 gates, l2norm, state in and out,
     # for the 0.8B/2B (16/16) and 4B/9B (16/32) head layouts, on the e2e benchmark's 8192-token prompt and
-    # on appends (the benchmarks' append shapes, one launch up to PREPPED_MAX_TOKENS).
+    # on appends (the benchmarks' append shapes: the self-prepping scan, the fused kernel, two kernels).
     calls += [
         (dict(key_heads=16, value_heads=hv, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, raw_gates=True,
               l2norm=True, varlen=False, has_h0=True, store_ht=True, num_seqs=1), tokens)
-        for hv in (16, 32) for tokens in (8192, PREPPED_MAX_TOKENS)
+        for hv in (16, 32) for tokens in (8192, 1024, PREPPED_MAX_TOKENS, FUSED_MAX_TOKENS)
     ]
     calls += [(_shape_call(s), s.lens[0]) for s in SHAPES]
     pairs = []
@@ -95,11 +97,13 @@ def wanted_configs(arch: str, variants: tuple[str, ...] = ()) -> list:
                 continue
             rows = dict(value_rows=True, threads=2 * block_v, split_k=False, wgmma=wgmma)
             pairs += _scan_pairs(call, seqlen, common, block_v=block_v, scan_overrides=rows)
-    # test_prepped_scan_matches_reference: the self-prepping scan on every case, on mma.sync and wgmma.
+    # test_prepped_scan_matches_reference and test_fused_prefill_matches_reference: the one-launch kernels
+    # on every case, on mma.sync and wgmma.
     for call, _ in (_case_call(c) for c in (*CASES, *CP_CASES)):
         for wgmma in (False, True) if arch == "sm_90a" else (False,):
             configs = {"gate_dtype": torch.float32, **call, **common, "scan_overrides": dict(wgmma=wgmma)}
             pairs.append((chunk_scan.program, prefill_configs(**configs, prepped=True)[1]))
+            pairs.append((chunk_scan.program, prefill_configs(**configs, fused=True)[1]))
     # test_chunk_prep_matches_definitions builds its configs directly (fp32 gates, no scan).
     pairs += [
         (chunk_prep.program, chunk_prep.PrepConfig(

@@ -24,7 +24,8 @@ ARCHS = [
 def test_prefill_kernels_compile(arch: str) -> None:
     """The prefill kernels (every feature on: varlen, raw gates, l2norm, states; the context-parallel
     warm-up of a dense call) build for `arch`, the scan in both layouts: value rows for many heads x
-    sequences (wgmma on sm_90a, mma.sync elsewhere), columns for few; and the self-prepping scan."""
+    sequences (wgmma on sm_90a, mma.sync elsewhere), columns for few; and the two one-launch kernels (the
+    self-prepping scan, the fused prep + grid barrier + scan)."""
     from qla_agent.kernels.tilelang import build, chunk_prep, chunk_scan
     from qla_agent.kernels.tilelang.prefill import prefill_configs, warmup_config
 
@@ -38,12 +39,13 @@ def test_prefill_kernels_compile(arch: str) -> None:
         assert scan_cfg.value_rows == (num_seqs == 64) and scan_cfg.wgmma == (num_seqs == 64 and arch == "sm_90a")
         warmup_cfg = warmup_config(dataclasses.replace(scan_cfg, varlen=False), has_h0=True)
         kernels += [(chunk_prep.program, prep_cfg), (chunk_scan.program, scan_cfg), (chunk_scan.program, warmup_cfg)]
-        if num_seqs == 1:  # the self-prepping scan of short calls (value rows, wgmma on sm_90a)
-            kernels.append((chunk_scan.program, prefill_configs(
-                key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16, param_dtype=torch.float32,
-                scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True, store_ht=True,
-                num_seqs=num_seqs, arch=arch, sm_count=132, prepped=True,
-            )[1]))
+        if num_seqs == 1:  # the one-launch kernels of short calls (value rows, wgmma on sm_90a)
+            for one_launch in (dict(prepped=True), dict(fused=True)):
+                kernels.append((chunk_scan.program, prefill_configs(
+                    key_heads=2, value_heads=4, dtype=torch.bfloat16, gate_dtype=torch.bfloat16,
+                    param_dtype=torch.float32, scale=128**-0.5, raw_gates=True, l2norm=True, varlen=True, has_h0=True,
+                    store_ht=True, num_seqs=num_seqs, arch=arch, sm_count=132, **one_launch,
+                )[1]))
     for program, config in dict.fromkeys(kernels):
         kernel = build.compiled(program, config, arch)
         mma = "wgmma_rs" if getattr(config, "wgmma", False) else "mma_sync"

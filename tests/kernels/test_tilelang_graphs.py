@@ -98,7 +98,7 @@ def _layer_append(x: dict[str, torch.Tensor], hk: int, hv: int, impl: str) -> tu
     )
 
 
-@pytest.mark.parametrize("tokens", [16, 100])
+@pytest.mark.parametrize("tokens", [16, 100, 256])
 def test_layer_append_replays_in_cuda_graph(tokens: int) -> None:
     """The runtime layer's append (issue 7's call) captures; a replay reads the buffers' new values."""
     hk = hv = 16

@@ -43,7 +43,7 @@ def test_launcher_matches_kernel_signatures(fake_kernels, lens, batch, seqlen, h
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     x = _inputs(lens, batch, seqlen, hk, hv, raw)
-    o, ht = gdn_prefill(**x, use_qk_l2norm=True, prepped=False)
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True, prepped=False, fused=False)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     num_seqs = len(lens) if lens else batch
     chunks_needed = sum(-(-n // 64) for n in lens) if lens else batch * -(-seqlen // 64)
@@ -76,6 +76,47 @@ def test_short_calls_run_the_self_prepping_scan_alone(fake_kernels, lens, batch,
     assert scan["h0"].data_ptr() == x["initial_state"].data_ptr()
     assert scan["o"].data_ptr() == o.data_ptr() and scan["ht"].data_ptr() == ht.data_ptr()
     assert o.shape == x["v"].shape and ht.shape == x["initial_state"].shape
+
+
+@pytest.mark.parametrize(
+    "lens,batch,seqlen,hk,hv,raw",
+    [(None, 2, 100, 2, 4, False), ((1, 64, 65, 300), 1, 0, 4, 4, True), (None, 1, 512, 16, 32, True)],
+    ids=["dense-B2-T100-Hk2-Hv4", "varlen-1_64_65_300-Hk4-Hv4-raw", "dense-B1-T512-Hk16-Hv32-raw"],
+)
+def test_longer_appends_run_the_fused_kernel_alone(fake_kernels, lens, batch, seqlen, hk, hv, raw) -> None:
+    """Between PREPPED_MAX_TOKENS and FUSED_MAX_TOKENS tokens: one launch of the fused kernel, which gets the
+    inputs as given, the T / P and vector buffers (enough chunks) and a grid of at least its scan CTAs
+    (2 x Hv x N) and at most one CTA per SM unless those need more."""
+    from qla_agent.kernels.tilelang.prefill import FUSED_MAX_TOKENS, PREPPED_MAX_TOKENS, gdn_prefill
+
+    x = _inputs(lens, batch, seqlen, hk, hv, raw)
+    assert PREPPED_MAX_TOKENS < x["q"].shape[0] * x["q"].shape[1] <= FUSED_MAX_TOKENS
+    o, ht = gdn_prefill(**x, use_qk_l2norm=True)
+    assert "chunk_prep" not in fake_kernels and "chunk_scan_prepped" not in fake_kernels
+    (fused,) = fake_kernels["chunk_fused"].calls
+    num_seqs = len(lens) if lens else batch
+    chunks_needed = sum(-(-n // 64) for n in lens) if lens else batch * -(-seqlen // 64)
+    assert fused["tpmat"].shape[0] >= chunks_needed and fused["vecs"].shape[0] == fused["tpmat"].shape[0]
+    scan_ctas = 2 * hv * num_seqs
+    assert fused["grid"] == max(scan_ctas, min(fused["tpmat"].shape[0] * hk, 132))
+    for name in ("q", "k", "v", "g", "beta"):
+        assert fused[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
+    assert fused["n_seqs"] == num_seqs and fused["h0"].data_ptr() == x["initial_state"].data_ptr()
+    assert fused["o"].data_ptr() == o.data_ptr() and fused["ht"].data_ptr() == ht.data_ptr()
+
+
+def test_fused_kernel_only_where_its_grid_is_resident(fake_kernels) -> None:
+    """The fused kernel's grid barrier needs its scan CTAs resident at once (one per SM, 132 on the
+    pretend H100): a call with more takes the two kernels by default, and asking for it fails."""
+    from qla_agent.kernels.tilelang.prefill import gdn_prefill
+
+    x = _inputs(None, 3, 100, 16, 32, True)  # 300 tokens, 2 x 32 x 3 = 192 scan CTAs
+    gdn_prefill(**x, use_qk_l2norm=True)
+    assert "chunk_fused" not in fake_kernels and len(fake_kernels["chunk_prep"].calls) == 1
+    with pytest.raises(ValueError, match="resident at once"):
+        gdn_prefill(**x, use_qk_l2norm=True, fused=True)
+    with pytest.raises(ValueError, match="ask for one"):
+        gdn_prefill(**x, use_qk_l2norm=True, fused=True, prepped=True)
 
 
 def test_prepped_scan_takes_whole_sequences_and_has_no_prep_only(fake_kernels) -> None:
@@ -161,9 +202,9 @@ def test_runtime_layout_reaches_the_kernels_without_copies(fake_kernels, varlen:
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
     hk, hv = 2, 4
-    x = _layer_views(seqlen=200, hk=hk, hv=hv)
+    x = _layer_views(seqlen=600, hk=hk, hv=hv)  # past FUSED_MAX_TOKENS: the two kernels
     if varlen:
-        x["cu_seqlens"] = torch.tensor([0, 5, 200], dtype=torch.int32)
+        x["cu_seqlens"] = torch.tensor([0, 5, 600], dtype=torch.int32)
         x["initial_state"] = torch.randn(2, hv, 128, 128)
     gdn_prefill(**x, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
@@ -288,8 +329,8 @@ def test_launcher_copies_what_the_kernels_cannot_read(fake_kernels) -> None:
     """A layout outside the kernels' reach reaches them as a compact copy with the same values."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
-    x = _layer_views(seqlen=200, hk=2, hv=4)
-    x["q"], x["g"] = _padded_rows(200), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
+    x = _layer_views(seqlen=600, hk=2, hv=4)
+    x["q"], x["g"] = _padded_rows(600), x["g"].transpose(1, 2).contiguous().transpose(1, 2)
     gdn_prefill(**x, use_qk_l2norm=True)
     prep = fake_kernels["chunk_prep"].calls[-1]
     assert prep["q"].data_ptr() != x["q"].data_ptr() and torch.equal(prep["q"], x["q"])
@@ -307,22 +348,22 @@ def test_dense_batch_rows_are_read_in_place(fake_kernels) -> None:
     one): every input goes in as the caller's memory with its own batch and token strides."""
     from qla_agent.kernels.tilelang.prefill import gdn_prefill
 
-    x = _token_slice(_layer_views(seqlen=100, hk=2, hv=4, batch=3), 10, 80)
+    x = _token_slice(_layer_views(seqlen=300, hk=2, hv=4, batch=3), 10, 280)  # 810 tokens: two kernels
     o, _ = gdn_prefill(**x, use_qk_l2norm=True)
     prep, scan = fake_kernels["chunk_prep"].calls[-1], fake_kernels["chunk_scan"].calls[-1]
     for name, call in (("q", prep), ("k", prep), ("g", prep), ("beta", prep), ("v", scan)):
         assert call[name].data_ptr() == x[name].data_ptr(), f"{name} was copied"
     conv_dim = (2 * 2 + 4) * 128
-    assert (scan["q_batch8"], scan["q_token8"]) == (100 * conv_dim // 8, conv_dim // 8)
-    assert (prep["beta_batch"], prep["beta_token"]) == (100 * 2 * 4, 2 * 4)
-    assert o.shape == (3, 70, 4, 128) and o.is_contiguous() and scan["o"].data_ptr() == o.data_ptr()
+    assert (scan["q_batch8"], scan["q_token8"]) == (300 * conv_dim // 8, conv_dim // 8)
+    assert (prep["beta_batch"], prep["beta_token"]) == (300 * 2 * 4, 2 * 4)
+    assert o.shape == (3, 270, 4, 128) and o.is_contiguous() and scan["o"].data_ptr() == o.data_ptr()
 
 
-@pytest.mark.parametrize("seqlen", [200, 70], ids=["two_kernels", "prepped"])
+@pytest.mark.parametrize("seqlen", [600, 200, 70], ids=["two_kernels", "fused", "prepped"])
 def test_runtime_call_makes_only_its_allocations_and_no_views(fake_kernels, seqlen: int) -> None:
     """The runtime layer's call (views read in place, state in and out): the launcher's only tensor
-    operations are its allocations: T and P, the vectors, o and the final state, or o and the final state
-    alone when the scan preps its own chunks (T <= PREPPED_MAX_TOKENS)."""
+    operations are its allocations: T and P, the vectors, o and the final state (two kernels or the fused
+    one), or o and the final state alone when the scan preps its own chunks (T <= PREPPED_MAX_TOKENS)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from qla_agent.kernels.tilelang.prefill import PREPPED_MAX_TOKENS, gdn_prefill

@@ -180,6 +180,14 @@ def test_prepped_scan_matches_reference(case: PrefillCase, wgmma: bool) -> None:
     _variant_matches_reference(case, wgmma, prepped=True, scan_overrides=dict(wgmma=wgmma), context_parallel=False)
 
 
+@pytest.mark.parametrize("wgmma", [False, True], ids=["mma", "wgmma"])
+@pytest.mark.parametrize("case", CASES + CP_CASES, ids=[c.id for c in CASES + CP_CASES])
+def test_fused_prefill_matches_reference(case: PrefillCase, wgmma: bool) -> None:
+    """One cooperative launch (the prep on every CTA, a grid barrier, the scan) against the fp64 reference
+    on every case, long ones included (their prep items loop over the grid)."""
+    _variant_matches_reference(case, wgmma, fused=True, scan_overrides=dict(wgmma=wgmma), context_parallel=False)
+
+
 def _variant_matches_reference(case: PrefillCase, wgmma: bool, **variant) -> None:
     """The launcher with `variant` (its tile arguments) on `case` against the fp64 reference (FALLBACK_BOUND);
     a wgmma variant runs on sm_90a only."""
@@ -321,12 +329,14 @@ def test_prefill_reads_the_runtime_layout(case: PrefillCase, pad: int, skip: int
 
 
 @pytest.mark.parametrize(
-    ("tokens", "kernels"), [(100, ("chunk_scan_prepped",)), (300, ("chunk_prep", "chunk_scan"))],
-    ids=["append", "prompt"],
+    ("tokens", "kernels"),
+    [(100, ("chunk_scan_prepped",)), (300, ("chunk_fused",)), (600, ("chunk_prep", "chunk_scan"))],
+    ids=["append", "longer_append", "prompt"],
 )
 def test_runtime_layout_launches_only_its_kernels(tokens: int, kernels: tuple[str, ...]) -> None:
     """The runtime layer's call (public entry, strided inputs, state in and out) launches its kernels and
-    nothing else (no copies): the self-prepping scan alone for an append, else the prep, then the scan."""
+    nothing else (no copies): the self-prepping scan alone for an append, the fused kernel alone for a
+    longer one, else the prep, then the scan."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 

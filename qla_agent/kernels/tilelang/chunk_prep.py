@@ -143,17 +143,24 @@ def _kernel(cfg: PrepConfig, body):
     ):
         with T.Kernel(nchunk, Hk, threads=128, prelude=EX2_PRELUDE) as (bc, bh):
             T.annotate_min_blocks_per_sm(MIN_BLOCKS)
-            tx = T.get_thread_binding()
-            span = T.alloc_local((3,), "int32")
-            _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
-            # The chunk's batch row: its sequence (dense) or row 0 (varlen: the sequences are packed in it).
-            # A variable, computed once: as an expression its 64-bit division was inlined into every load.
-            batch_row = T.alloc_var("int32")
-            batch_row = 0 if cfg.varlen else bc // T.ceildiv(seq_len, C)
-            if span[2] == 1:
-                body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, bh, batch_row, span[0], span[1], tx)
+            chunk_item(cfg, body, q, k, g, beta, a_log, dt_bias, cu_seqlens, tpmat, vecs, seq_len, ncu, bc, bh)
 
     return chunk_prep
+
+
+@T.macro
+def chunk_item(cfg: PrepConfig, body, q, k, g, beta, a_log, dt_bias, cu_seqlens, tpmat, vecs, seq_len, ncu, bc, bh):
+    """`body` on flat chunk bc and key head bh: finds the chunk's batch row and token range (nothing for a
+    spare slot past the last chunk of a varlen batch)."""
+    tx = T.get_thread_binding()
+    span = T.alloc_local((3,), "int32")
+    _locate_chunk(cfg, cu_seqlens, ncu, seq_len, bc, span)
+    # The chunk's batch row: its sequence (dense) or row 0 (varlen: the sequences are packed in it).
+    # A variable, computed once: as an expression its 64-bit division was inlined into every load.
+    batch_row = T.alloc_var("int32")
+    batch_row = 0 if cfg.varlen else bc // T.ceildiv(seq_len, CHUNK)
+    if span[2] == 1:
+        body(q, k, g, beta, a_log, dt_bias, tpmat, vecs, bc, bh, batch_row, span[0], span[1], tx)
 
 
 def _staged_inputs(cfg: PrepConfig, G: int):
@@ -262,7 +269,7 @@ def _store_vectors(cfg: PrepConfig, vecs, gam_s, rk_s, rq_s, bc, hk, bos, eos):
 def prep_steps(cfg: PrepConfig, G: int) -> dict:
     """The stages of one chunk's prep, as macros for a CTA of 128 threads that handles G value heads of
     one key head: staged_inputs, normed_scores, decayed, diagonal_inverse, inverse (each documented
-    below). `_body` runs them for a key head's group; chunk_scan's self-prepping step
+    below). `chunk_body` runs them for a key head's group; chunk_scan's self-prepping step
     (`ScanConfig.prep`) for one value head (G = 1)."""
     dt, f32, f16 = cfg.dtype, "float32", "float16"
     C = CHUNK
@@ -347,8 +354,8 @@ def prep_steps(cfg: PrepConfig, G: int) -> dict:
     )
 
 
-def _body(cfg: PrepConfig):
-    """The per-CTA body (module docstring)."""
+def chunk_body(cfg: PrepConfig):
+    """The per-chunk body (module docstring): T, P and the vectors of a key head's value heads."""
     dt, f32, f16 = cfg.dtype, "float32", "float16"
     C = CHUNK
     G = cfg.value_heads // cfg.key_heads
@@ -418,4 +425,4 @@ def _body(cfg: PrepConfig):
 
 def program(cfg: PrepConfig):
     """The prim_func for `cfg`: one CTA per (chunk, key head) computes every value head of its group."""
-    return _kernel(cfg, _body(cfg))
+    return _kernel(cfg, chunk_body(cfg))

@@ -48,7 +48,7 @@ import tilelang.language as T
 
 from qla_agent.kernels.tilelang.build import HEAD_DIM
 from qla_agent.kernels.tilelang.chunk_prep import (
-    BLOCK_STRIDE, CHUNK, EX2_PRELUDE, PrepConfig, chunk_vectors, prep_steps, strided_heads,
+    BLOCK_STRIDE, CHUNK, EX2_PRELUDE, PrepConfig, chunk_body, chunk_item, chunk_vectors, prep_steps, strided_heads,
 )
 
 # A warm-up window ends once its chunks' decays multiply to below e^-10 (4.5e-5, ~90x under bf16's 2^-8).
@@ -90,6 +90,11 @@ class ScanConfig:
     # no T / P / vector buffers: the prep's launch and allocations cost more host time than an append's
     # device time. The prep is then done once per 64-column slice instead of once per key head.
     prep: PrepConfig | None = None
+    # Short calls, one launch without the serial prep: every CTA first preps (chunk, key head) items as
+    # chunk_prep does (its body, items strided over the grid, T, P and the vectors to their buffers), all
+    # wait at a grid barrier (a cooperative launch: the grid must be resident at once), then the first
+    # 2 x Hv x N CTAs run the value-rows walk (`program`'s chunk_fused).
+    grid_prep: PrepConfig | None = None
 
     def __post_init__(self):
         if self.value_rows and self.split_k:
@@ -98,6 +103,10 @@ class ScanConfig:
             raise ValueError("wgmma needs value_rows (A operands in registers) on whole warpgroups (128 threads)")
         if self.prep is not None and not (self.value_rows and self.threads == 128 and not self.warmup):
             raise ValueError("a self-prepping scan (prep) runs the value-rows step on 128 threads, without warm-up")
+        if self.grid_prep is not None and not (
+            self.value_rows and self.block_v == 64 and self.threads == 128 and self.prep is None and not self.warmup
+        ):
+            raise ValueError("grid_prep runs the value-rows walk on 64 columns and 128 threads after its own prep")
         if self.value_rows and self.block_v != 16 * (self.threads // 32):
             raise ValueError(
                 f"value_rows gives each of the {self.threads // 32} warps 16 state columns: block_v must be "
@@ -320,43 +329,49 @@ def program(cfg: ScanConfig):
             T.copy(S, dst[n, h, 0:D, v0:v0 + BV])
 
     @T.macro
-    def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks):
-        """One CTA per (sequence or partition, head, slice): hold S in registers, run `chunk_step` over its chunks.
+    def walk_cta(inputs, h0, cu_seqlens, o, ht, seq_len, parts, part_chunks, bv, bh, bn):
+        """The CTA of state slice bv, head bh, sequence or partition bn: hold S in registers, run `chunk_step`
+        over its chunks.
 
-        Dense partition p of sequence s (n_seqs = sequences x parts) starts from h0[its index] and
-        stores its state only if it is the sequence's last; varlen sequences are whole (parts = 1)."""
+        Dense partition p of sequence s (bn = s x parts + p) starts from h0[bn] and stores its state only
+        if it is the sequence's last; varlen sequences are whole (parts = 1)."""
+        # (first token, end, first chunk) of the CTA's token run, in its batch row: the sequence's
+        # (dense), row 0 (varlen: the sequences are packed in it)
+        span = T.alloc_local((3,), "int32")
+        # Variables, computed once: as expressions their divisions were inlined into every access.
+        seq = T.alloc_var("int32")
+        part = T.alloc_var("int32")
+        batch_row = T.alloc_var("int32")
+        seq = bn // parts
+        part = bn % parts
+        batch_row = 0 if cfg.varlen else seq
+        if cfg.varlen:
+            span[0] = cu_seqlens[bn]
+            span[1] = cu_seqlens[bn + 1]
+            span[2] = 0
+            for i in T.serial(bn):
+                span[2] = span[2] + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
+        else:
+            span[0] = part * part_chunks * C
+            span[1] = T.min(span[0] + part_chunks * C, seq_len)
+            span[2] = seq * T.ceildiv(seq_len, C) + part * part_chunks
+        b, S = allocate()
+        if cfg.has_initial_state:
+            load_state(h0, bn, bh, S, bv * BV)
+        else:
+            T.clear(S)
+        for j in chunk_loop(T.ceildiv(span[1] - span[0], C)):
+            chunk_step(
+                *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
+            )
+        if cfg.store_final_state and part == parts - 1:
+            store_state(S, ht, seq, bh, bv * BV)
+
+    @T.macro
+    def walk(inputs, h0, cu_seqlens, o, ht, seq_len, n_seqs, parts, part_chunks):
+        """One CTA per (sequence or partition, head, slice): `walk_cta`."""
         with T.Kernel(D // BV, Hv, n_seqs, threads=cfg.threads, **prelude) as (bv, bh, bn):
-            # (first token, end, first chunk) of the CTA's token run, in its batch row: the sequence's
-            # (dense), row 0 (varlen: the sequences are packed in it)
-            span = T.alloc_local((3,), "int32")
-            # Variables, computed once: as expressions their divisions were inlined into every access.
-            seq = T.alloc_var("int32")
-            part = T.alloc_var("int32")
-            batch_row = T.alloc_var("int32")
-            seq = bn // parts
-            part = bn % parts
-            batch_row = 0 if cfg.varlen else seq
-            if cfg.varlen:
-                span[0] = cu_seqlens[bn]
-                span[1] = cu_seqlens[bn + 1]
-                span[2] = 0
-                for i in T.serial(bn):
-                    span[2] = span[2] + T.ceildiv(cu_seqlens[i + 1] - cu_seqlens[i], C)
-            else:
-                span[0] = part * part_chunks * C
-                span[1] = T.min(span[0] + part_chunks * C, seq_len)
-                span[2] = seq * T.ceildiv(seq_len, C) + part * part_chunks
-            b, S = allocate()
-            if cfg.has_initial_state:
-                load_state(h0, bn, bh, S, bv * BV)
-            else:
-                T.clear(S)
-            for j in chunk_loop(T.ceildiv(span[1] - span[0], C)):
-                chunk_step(
-                    *inputs, o, S, batch_row, span[0] + j * C, span[1], span[2] + j, bh, bh // group, bv * BV, b
-                )
-            if cfg.store_final_state and part == parts - 1:
-                store_state(S, ht, seq, bh, bv * BV)
+            walk_cta(inputs, h0, cu_seqlens, o, ht, seq_len, parts, part_chunks, bv, bh, bn)
 
     @T.macro
     def warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks):
@@ -419,6 +434,57 @@ def program(cfg: ScanConfig):
             warm_up(k, v, tpmat, vecs, h0, starts, seq_len, n_parts, parts, part_chunks)
 
         return chunk_warmup
+
+    if cfg.grid_prep is not None:
+        names = ("sgb", "sgt", "sbb", "sbt")
+        sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in names)
+        prep_cfg = cfg.grid_prep
+        prep_body = chunk_body(prep_cfg)
+
+        @T.prim_func
+        def chunk_fused(
+            q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
+            k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
+            v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
+            g: T.StridedTensor((batch, seqlen, Hv), (sgb, sgt, 1), prep_cfg.gate_dtype),
+            beta: T.StridedTensor((batch, seqlen, Hv), (sbb, sbt, 1), prep_cfg.gate_dtype),
+            a_log: T.Tensor((Hv,), prep_cfg.param_dtype),
+            dt_bias: T.Tensor((Hv,), prep_cfg.param_dtype),
+            cu_seqlens: T.Tensor((ncu,), "int32"),
+            tpmat: T.Tensor((nchunk, Hv, 2, C, C), dt),
+            vecs: T.Tensor((nchunk, Hv, 4, C), f32),
+            h0: T.Tensor((nh0, Hv, D, D), f32),
+            o: T.Tensor((batch, seqlen, Hv, D), dt),
+            ht: T.Tensor((nht, Hv, D, D), f32),
+            seq_len: T.int32,
+            n_seqs: T.int32,
+            grid: T.int32,
+            q_batch8: sqb,
+            q_token8: sqt,
+            k_batch8: skb,
+            k_token8: skt,
+            v_batch8: svb,
+            v_token8: svt,
+            g_batch: sgb,
+            g_token: sgt,
+            beta_batch: sbb,
+            beta_token: sbt,
+        ):
+            with T.Kernel(grid, threads=128, prelude=EX2_PRELUDE) as bx:
+                for i in T.serial(T.ceildiv(nchunk * Hk - bx, grid)):
+                    item = bx + i * grid
+                    chunk_item(
+                        prep_cfg, prep_body, q, k, g, beta, a_log, dt_bias, cu_seqlens, tpmat, vecs, seq_len, ncu,
+                        item // Hk, item % Hk,
+                    )
+                T.sync_grid()
+                if bx < 2 * Hv * n_seqs:
+                    walk_cta(
+                        (q, k, v, tpmat, vecs), h0, cu_seqlens, o, ht, seq_len, 1, T.ceildiv(seq_len, C), bx % 2,
+                        bx // 2 % Hv, bx // (2 * Hv),
+                    )
+
+        return chunk_fused
 
     if cfg.prep is not None:
         names = ("sgb", "sgt", "sbb", "sbt")

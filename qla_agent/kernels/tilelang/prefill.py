@@ -27,10 +27,32 @@ MIN_PART_CHUNKS = 16
 PREPPED_MAX_TOKENS = 128
 
 
+# Longer calls of at most this many tokens run the fused kernel when its scan CTAs fit the SMs at once
+# (`ScanConfig.grid_prep`): one cooperative launch that preps on every CTA, waits at a grid barrier and
+# scans. Its device time is the two kernels' plus ~2 us (the barrier), so it pays while two launches and
+# two more allocations cost more host time than that: an append of 256 tokens 23 us a call eagerly
+# against 28 (two kernels) and 33 (self-prepping scan), H100 (benchmarks/NOTES.md, session 8).
+FUSED_MAX_TOKENS = 512
+
+
 def takes_prepped(tokens: int, parts: int, overridden: bool) -> bool:
     """Whether a call of `tokens` tokens in all, scanned in `parts` partitions per sequence, runs the
     self-prepping scan by default (not when its tiles are overridden or it only times the prep)."""
     return parts == 1 and tokens <= PREPPED_MAX_TOKENS and not overridden
+
+
+def fused_fits(value_heads: int, num_seqs: int, sm_count: int) -> bool:
+    """Whether the fused kernel's scan CTAs (two per sequence and value head) are resident at once, one
+    per SM: its grid barrier needs the whole grid resident (a cooperative launch refuses more)."""
+    return 2 * value_heads * num_seqs <= sm_count
+
+
+def takes_fused(tokens: int, parts: int, overridden: bool, value_heads: int, num_seqs: int, sm_count: int) -> bool:
+    """Whether a call the self-prepping scan does not take runs the fused kernel by default."""
+    return (
+        parts == 1 and PREPPED_MAX_TOKENS < tokens <= FUSED_MAX_TOKENS and not overridden
+        and fused_fits(value_heads, num_seqs, sm_count)
+    )
 
 
 def pick_scan_tile(arch: str, parallel_units: int, sm_count: int) -> dict:
@@ -69,7 +91,7 @@ def prefill_configs(
     *, key_heads: int, value_heads: int, dtype: torch.dtype, gate_dtype: torch.dtype, param_dtype: torch.dtype,
     scale: float, raw_gates: bool, l2norm: bool, varlen: bool, has_h0: bool, store_ht: bool, num_seqs: int,
     arch: str, sm_count: int, block_v: int | None = None, scan_overrides: dict | None = None, parts: int = 1,
-    prep_overrides: dict | None = None, prepped: bool = False,
+    prep_overrides: dict | None = None, prepped: bool = False, fused: bool = False,
 ) -> tuple[chunk_prep.PrepConfig, chunk_scan.ScanConfig]:
     """The prep and scan configs of one call (a pure function of shapes and flags, for precompiling too);
     with parts > 1 partitions per sequence the scan starts from the warm-up's states (`warmup_config`).
@@ -86,7 +108,7 @@ def prefill_configs(
         wgmma=arch == "sm_90a",
     )
     prep = dataclasses.replace(prep, **(prep_overrides or {}))
-    if prepped:
+    if prepped or fused:
         tile = dict(block_v=64, threads=128, split_k=False, value_rows=True, wgmma=arch == "sm_90a")
     else:
         tile = pick_scan_tile(arch, num_seqs * parts * value_heads, sm_count)
@@ -101,6 +123,8 @@ def prefill_configs(
     scan = dataclasses.replace(scan, **(scan_overrides or {}))
     if prepped:  # the prep's GEMMs are lowered as the scan's (wgmma is a compile-wide switch)
         scan = dataclasses.replace(scan, prep=dataclasses.replace(prep, wgmma=scan.wgmma))
+    if fused:
+        scan = dataclasses.replace(scan, grid_prep=dataclasses.replace(prep, wgmma=scan.wgmma))
     return prep, scan
 
 
@@ -133,7 +157,7 @@ def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
     has_h0: bool, store_ht: bool, num_seqs: int, parts: int, block_v: int | None, overrides: tuple,
-    prep_overrides: tuple, prepped: bool,
+    prep_overrides: tuple, prepped: bool, fused: bool = False,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
@@ -142,11 +166,11 @@ def _make_plan(
         param_dtype=torch.float32 if param_dtype is None else param_dtype, scale=scale,
         raw_gates=param_dtype is not None, l2norm=l2norm, varlen=varlen, has_h0=has_h0, store_ht=store_ht,
         num_seqs=num_seqs, arch=arch, sm_count=sm_count, block_v=block_v, scan_overrides=dict(overrides),
-        parts=parts, prep_overrides=dict(prep_overrides), prepped=prepped,
+        parts=parts, prep_overrides=dict(prep_overrides), prepped=prepped, fused=fused,
     )
     warmup = None if parts == 1 else compiler(chunk_scan.program, warmup_config(scan_cfg, has_h0), arch)
     return LaunchPlan(
-        prep=None if prepped else build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
+        prep=None if prepped or fused else build.entry(compiler(chunk_prep.program, prep_cfg, arch)),
         warmup=None if warmup is None else build.entry(warmup),
         scan=build.entry(compiler(chunk_scan.program, scan_cfg, arch)),
         no_offsets=build.placeholder((2,), torch.int32, device),
@@ -223,6 +247,7 @@ def gdn_prefill(
     out: torch.Tensor | None = None, final_state_out: torch.Tensor | None = None,
     scan_overrides: dict | None = None, prep_only: bool = False, context_parallel: bool = True,
     parts: int | None = None, prep_overrides: dict | None = None, prepped: bool | None = None,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked gated delta rule on CUDA; arguments and results as `qla_agent.kernels.gdn_prefill`.
 
@@ -255,7 +280,7 @@ def gdn_prefill(
     chunks = -(-seqlen // CHUNK)
     if cu_seqlens is not None:
         parts, part_chunks = 1, 0  # varlen sequences are scanned whole
-    elif not (context_parallel and use_qk_l2norm) or prep_only or prepped:
+    elif not (context_parallel and use_qk_l2norm) or prep_only or prepped or fused:
         parts, part_chunks = 1, chunks
     elif parts is None and chunks < 2 * MIN_PART_CHUNKS:
         # Too short to split (`context_parts`): short appends skip the SM count lookup.
@@ -267,16 +292,29 @@ def gdn_prefill(
             raise ValueError(f"parts must be a positive partition count, got {parts}")
         part_chunks = -(-chunks // parts)
         parts = -(-chunks // part_chunks)
+    overridden = bool(prep_only or block_v or scan_overrides or prep_overrides)
+    if prep_only and (prepped or fused):
+        raise ValueError("prep_only stops after the two-kernel path's first launch; prepped and fused have none")
+    if prepped and fused:
+        raise ValueError("prepped and fused are two different one-launch kernels: ask for one")
     if prepped is None:
-        prepped = takes_prepped(batch * seqlen, parts, bool(prep_only or block_v or scan_overrides or prep_overrides))
-    elif prepped and prep_only:
-        raise ValueError("prep_only stops after the two-kernel path's first launch; prepped=True has no such launch")
+        prepped = not fused and takes_prepped(batch * seqlen, parts, overridden)
+    if fused is None:
+        # The SM count is looked up only for a call in the fused kernel's range.
+        fused = not prepped and PREPPED_MAX_TOKENS < batch * seqlen <= FUSED_MAX_TOKENS and takes_fused(
+            batch * seqlen, parts, overridden, hv, num_seqs, build.device_facts(device)[1]
+        )
+    elif fused and not fused_fits(hv, num_seqs, build.device_facts(device)[1]):
+        raise ValueError(
+            f"fused needs its 2 x {hv} value heads x {num_seqs} sequences scan CTAs resident at once, one per SM: "
+            f"this GPU has {build.device_facts(device)[1]}; leave fused=None to let the launcher choose"
+        )
     key = (
         build.compiled, device, hk, hv, dim, q.dtype, g.dtype, None if A_log is None else A_log.dtype,
         dim**-0.5 if scale is None else scale, use_qk_l2norm, cu_seqlens is not None, initial_state is not None,
         output_final_state, num_seqs, parts, block_v,
         tuple(sorted(scan_overrides.items())) if scan_overrides else (),
-        tuple(sorted(prep_overrides.items())) if prep_overrides else (), prepped,
+        tuple(sorted(prep_overrides.items())) if prep_overrides else (), prepped, fused,
     )
     plan = _plans.get(key)
     if plan is None:
@@ -300,11 +338,12 @@ def gdn_prefill(
     else:
         a_log = A_log.contiguous()
         dtb = (dt_bias if dt_bias.dtype == A_log.dtype else dt_bias.to(A_log.dtype)).contiguous()
-    if plan.prep is not None:
+    if plan.prep is not None or fused:
         # new_empty with sizes as separate ints: a third cheaper than torch.empty(shape, dtype=, device=).
         tpmat = q.new_empty(num_chunks, hv, 2, CHUNK, CHUNK)
         vecs = plan.no_state.new_empty(num_chunks, hv, 4, CHUNK)
-        plan.prep(q, k, g, beta, a_log, dtb, cu, tpmat, vecs, seqlen, *prep_strides)
+        if not fused:
+            plan.prep(q, k, g, beta, a_log, dtb, cu, tpmat, vecs, seqlen, *prep_strides)
         if prep_only:
             return tpmat, vecs
 
@@ -327,7 +366,13 @@ def gdn_prefill(
         starts = plan.no_state.new_empty(batch * parts, hv, dim, dim)
         plan.warmup(k, v, tpmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, *scan_strides[2:])
         h0 = starts
-    if plan.prep is None:
+    if fused:
+        grid = max(2 * hv * num_seqs, min(num_chunks * hk, build.device_facts(device)[1]))
+        plan.scan(
+            q, k, v, g, beta, a_log, dtb, cu, tpmat, vecs, h0, o, ht, seqlen, num_seqs, grid, *scan_strides,
+            *prep_strides[4:],
+        )
+    elif plan.prep is None:
         plan.scan(q, k, v, g, beta, a_log, dtb, h0, cu, o, ht, seqlen, num_seqs, *scan_strides, *prep_strides[4:])
     else:
         plan.scan(q, k, v, tpmat, vecs, h0, cu, o, ht, seqlen, num_seqs * parts, parts, part_chunks, *scan_strides)
