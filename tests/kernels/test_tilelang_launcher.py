@@ -80,8 +80,8 @@ def test_short_calls_run_the_self_prepping_scan_alone(fake_kernels, lens, batch,
 
 @pytest.mark.parametrize(
     "lens,batch,seqlen,hk,hv,raw",
-    [(None, 2, 100, 2, 4, False), ((1, 64, 65, 300), 1, 0, 4, 4, True), (None, 1, 512, 16, 32, True)],
-    ids=["dense-B2-T100-Hk2-Hv4", "varlen-1_64_65_300-Hk4-Hv4-raw", "dense-B1-T512-Hk16-Hv32-raw"],
+    [(None, 2, 100, 2, 4, False), ((1, 64, 65, 250), 1, 0, 4, 4, True), (None, 1, 384, 16, 32, True)],
+    ids=["dense-B2-T100-Hk2-Hv4", "varlen-1_64_65_250-Hk4-Hv4-raw", "dense-B1-T384-Hk16-Hv32-raw"],
 )
 def test_longer_appends_run_the_fused_kernel_alone(fake_kernels, lens, batch, seqlen, hk, hv, raw) -> None:
     """Between PREPPED_MAX_TOKENS and FUSED_MAX_TOKENS tokens: one launch of the fused kernel, which gets the

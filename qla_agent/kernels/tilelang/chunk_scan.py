@@ -30,6 +30,8 @@ row with zeros). q, k and v [B, T, H, 128] are read in place through their batch
 Short calls (`ScanConfig.prep`, the launcher's path for appends): the value-rows step computes the chunk's
 T, P and vectors itself, with chunk_prep's stages for the CTA's value head (`chunk_prep.prep_steps`),
 straight into the shared tiles it reads, so the prefill is this one launch with no buffers in between.
+Longer appends (`ScanConfig.grid_prep`): one cooperative launch runs chunk_prep's body on every CTA
+(`chunk_prep.chunk_item`), a grid barrier, then this walk on the first 2 x Hv x N CTAs (`walk_cta`).
 
 Context parallelism (dense inputs): each sequence is cut into `parts` partitions of `part_chunks`
 chunks, run as independent CTAs. Their starting states come from the warm-up program

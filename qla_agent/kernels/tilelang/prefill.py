@@ -1,5 +1,5 @@
 """Launcher of the TileLang GDN prefill: picks the kernel configs, shapes the buffers, runs two kernels
-(three with context parallelism, one for a short call).
+(three with context parallelism, one for an append: the self-prepping scan or the fused kernel).
 
 No host synchronisation: sequence boundaries are read on the device (the kernels walk cu_seqlens),
 and every buffer size follows from tensor shapes alone, so a call can be captured in a CUDA graph.
@@ -29,10 +29,12 @@ PREPPED_MAX_TOKENS = 128
 
 # Longer calls of at most this many tokens run the fused kernel when its scan CTAs fit the SMs at once
 # (`ScanConfig.grid_prep`): one cooperative launch that preps on every CTA, waits at a grid barrier and
-# scans. Its device time is the two kernels' plus ~2 us (the barrier), so it pays while two launches and
-# two more allocations cost more host time than that: an append of 256 tokens 23 us a call eagerly
-# against 28 (two kernels) and 33 (self-prepping scan), H100 (benchmarks/NOTES.md, session 8).
-FUSED_MAX_TOKENS = 512
+# scans. Its device time is the two kernels' plus 0.3-4 us up to here (the barrier; the prep items of more
+# than one CTA per SM), so it pays while one launch fewer saves more host time: an append of 256 tokens
+# 22.9-26.1 us a call eagerly against 28.3-28.5 (two kernels) and 33 (self-prepping scan); at 512 the two
+# kernels are as fast or faster, at 640 fused is 10 us slower on the device (H100, benchmarks/NOTES.md,
+# session 8).
+FUSED_MAX_TOKENS = 384
 
 
 def takes_prepped(tokens: int, parts: int, overridden: bool) -> bool:
@@ -257,7 +259,8 @@ def gdn_prefill(
     override the kernel configs (`prefill_configs`), prep_only stops after the first launch (for timing it)
     and returns its outputs (T and P [chunks, Hv, 2, 64, 64], the vectors [chunks, Hv, 4, 64]).
     Per call this runs two kernels (three with context parallelism; one for a call of at most
-    PREPPED_MAX_TOKENS tokens, `prepped`) and makes four allocations (five; two) and no views: the
+    FUSED_MAX_TOKENS tokens, `prepped` and `fused`) and makes four allocations (five; two for the
+    self-prepping scan) and no views: the
     kernels read q, k, v, g and beta in their own layouts through their strides (`input_strides`; only a
     layout they cannot read is copied) and write o as [B, T, Hv, 128]; everything else is looked up by
     the call's signature.
@@ -271,7 +274,9 @@ def gdn_prefill(
 
     prepped: run the self-prepping scan, one launch (`chunk_scan.ScanConfig.prep`; sequences whole, no
     context parallelism); None (the default) takes it for a call of at most PREPPED_MAX_TOKENS tokens
-    without tile overrides.
+    without tile overrides. fused: run the fused kernel, one cooperative launch (`ScanConfig.grid_prep`;
+    sequences whole; only while its 2 x Hv x N scan CTAs fit one per SM, `fused_fits`); None (the
+    default) takes it for a longer call of at most FUSED_MAX_TOKENS tokens without tile overrides.
     """
     batch, seqlen, hk, dim = q.shape
     hv = v.shape[2]
