@@ -57,6 +57,9 @@ CASES = [
     PrefillCase(_shape(1, 1137, 4, 4), lens=(130, 7, 1000), raw_gates=True, store_ht=False),
     PrefillCase(_shape(3, 200, 2, 2), l2norm=True, dtype=torch.float16),
     PrefillCase(_shape(1, 8192, 1, 2), l2norm=True),
+    # Longer appends, which the launcher runs as one fused launch (dense B = 2 and varlen).
+    PrefillCase(_shape(2, 150, 2, 4), l2norm=True, raw_gates=True),
+    PrefillCase(_shape(1, 300, 2, 4), lens=(100, 7, 193), l2norm=True),
 ]
 # Long dense calls with few heads, which the launcher splits into partitions (context_parts > 1 on any GPU
 # with >= 64 SMs). gdn_inputs' slow heads (0.01 per token) walk their warm-up back past earlier partitions
