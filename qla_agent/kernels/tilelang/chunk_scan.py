@@ -92,7 +92,7 @@ class ScanConfig:
     # no T / P / vector buffers: the prep's launch and allocations cost more host time than an append's
     # device time. The prep is then done once per 64-column slice instead of once per key head.
     prep: PrepConfig | None = None
-    # Short calls, one launch without the serial prep: every CTA first preps (chunk, key head) items as
+    # Longer appends, one launch without the serial prep: every CTA first preps (chunk, key head) items as
     # chunk_prep does (its body, items strided over the grid, T, P and the vectors to their buffers), all
     # wait at a grid barrier (a cooperative launch: the grid must be resident at once), then the first
     # 2 x Hv x N CTAs run the value-rows walk (`program`'s chunk_fused).

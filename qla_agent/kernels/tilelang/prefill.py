@@ -159,7 +159,7 @@ def _make_plan(
     compiler: Callable[..., object], device: torch.device, hk: int, hv: int, dim: int, dtype: torch.dtype,
     gate_dtype: torch.dtype, param_dtype: torch.dtype | None, scale: float, l2norm: bool, varlen: bool,
     has_h0: bool, store_ht: bool, num_seqs: int, parts: int, block_v: int | None, overrides: tuple,
-    prep_overrides: tuple, prepped: bool, fused: bool = False,
+    prep_overrides: tuple, prepped: bool, fused: bool,
 ) -> LaunchPlan:
     """Configs, compiled kernels and placeholders for one call signature (param_dtype None: no raw gates)."""
     arch, sm_count = build.device_facts(device)
