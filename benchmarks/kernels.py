@@ -202,8 +202,8 @@ def append_runners(sets: list[dict], impls: list[str]) -> dict:
     """name -> fn(i) running call i on set i % len(sets). "ours" is the layer's public call; "ours_one",
     "ours_fused" and "ours_two" the launcher on the same inputs forced onto each of its paths whichever T is
     (the self-prepping scan, the fused kernel, the two kernels; it picks by PREPPED_MAX_TOKENS and
-    FUSED_MAX_TOKENS); "ours_prep" the two-kernel path's first kernel alone; FLA and FlashQLA get compact q/k/v and the gates precomputed, as in the
-    prefill section."""
+    FUSED_MAX_TOKENS); "ours_prep" the two-kernel path's first kernel alone; FLA and FlashQLA get compact
+    q/k/v and the gates precomputed, as in the prefill section."""
     from qla_agent import kernels
     from qla_agent.kernels.tilelang.prefill import gdn_prefill as launcher
 
@@ -275,7 +275,8 @@ def format_append_table(rows: list[dict], card: str) -> str:
     lines = [
         f"card: {card} (appends, microseconds per call; target ours eager <= {APPEND_TARGET_US:.0f} at T <= 256)",
         "| shape | ours eager | ours graph | self-prepping eager | self-prepping graph | fused eager | fused graph "
-        "| two kernels eager | two kernels graph | prep graph | FLA eager | FLA graph | FQ eager | FQ graph | dev vs FLA |",
+        "| two kernels eager | two kernels graph | prep graph | FLA eager | FLA graph | FQ eager | FQ graph "
+        "| dev vs FLA |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
