@@ -437,9 +437,18 @@ def program(cfg: ScanConfig):
 
         return chunk_warmup
 
+    # The one-launch kernels' gate inputs: g and beta [B, T, Hv] with any batch and token strides, A_log and
+    # dt_bias [Hv] (dtypes from the prep config).
+    one_launch_prep = cfg.prep or cfg.grid_prep
+    sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in ("sgb", "sgt", "sbb", "sbt"))
+
+    def gates(strides):
+        return T.StridedTensor((batch, seqlen, Hv), (*strides, 1), one_launch_prep.gate_dtype)
+
+    def gate_params():
+        return T.Tensor((Hv,), one_launch_prep.param_dtype)
+
     if cfg.grid_prep is not None:
-        names = ("sgb", "sgt", "sbb", "sbt")
-        sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in names)
         prep_cfg = cfg.grid_prep
         prep_body = chunk_body(prep_cfg)
 
@@ -448,10 +457,10 @@ def program(cfg: ScanConfig):
             q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
             k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
             v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
-            g: T.StridedTensor((batch, seqlen, Hv), (sgb, sgt, 1), prep_cfg.gate_dtype),
-            beta: T.StridedTensor((batch, seqlen, Hv), (sbb, sbt, 1), prep_cfg.gate_dtype),
-            a_log: T.Tensor((Hv,), prep_cfg.param_dtype),
-            dt_bias: T.Tensor((Hv,), prep_cfg.param_dtype),
+            g: gates((sgb, sgt)),
+            beta: gates((sbb, sbt)),
+            a_log: gate_params(),
+            dt_bias: gate_params(),
             cu_seqlens: T.Tensor((ncu,), "int32"),
             tpmat: T.Tensor((nchunk, Hv, 2, C, C), dt),
             vecs: T.Tensor((nchunk, Hv, 4, C), f32),
@@ -489,18 +498,16 @@ def program(cfg: ScanConfig):
         return chunk_fused
 
     if cfg.prep is not None:
-        names = ("sgb", "sgt", "sbb", "sbt")
-        sgb, sgt, sbb, sbt = (T.dynamic(name, "int32") for name in names)
 
         @T.prim_func
         def chunk_scan_prepped(
             q: strided_heads((batch, seqlen, Hk, D), sqb, sqt, dt),
             k: strided_heads((batch, seqlen, Hk, D), skb, skt, dt),
             v: strided_heads((batch, seqlen, Hv, D), svb, svt, dt),
-            g: T.StridedTensor((batch, seqlen, Hv), (sgb, sgt, 1), cfg.prep.gate_dtype),
-            beta: T.StridedTensor((batch, seqlen, Hv), (sbb, sbt, 1), cfg.prep.gate_dtype),
-            a_log: T.Tensor((Hv,), cfg.prep.param_dtype),
-            dt_bias: T.Tensor((Hv,), cfg.prep.param_dtype),
+            g: gates((sgb, sgt)),
+            beta: gates((sbb, sbt)),
+            a_log: gate_params(),
+            dt_bias: gate_params(),
             h0: T.Tensor((nh0, Hv, D, D), f32),
             cu_seqlens: T.Tensor((ncu,), "int32"),
             o: T.Tensor((batch, seqlen, Hv, D), dt),

@@ -139,7 +139,8 @@ def warmup_config(scan: chunk_scan.ScanConfig, has_h0: bool) -> chunk_scan.ScanC
 class LaunchPlan:
     """What every call with one signature shares: the kernels' FFI entries (warmup: None without context
     parallelism; prep: None when the scan preps its own chunks) and the stand-ins for arguments the
-    specialisation never reads (no offsets, no gate parameters, no state)."""
+    specialisation never reads (no offsets, no gate parameters, no state), and the device's SM count (the
+    fused kernel's grid)."""
 
     prep: Callable[..., object] | None
     scan: Callable[..., object]
@@ -147,6 +148,7 @@ class LaunchPlan:
     no_offsets: torch.Tensor
     no_params: torch.Tensor
     no_state: torch.Tensor
+    sm_count: int
 
 
 # Call signature -> plan; a handful of entries per process (one per layer shape). The signature
@@ -178,6 +180,7 @@ def _make_plan(
         no_offsets=build.placeholder((2,), torch.int32, device),
         no_params=build.placeholder((hv,), torch.float32, device),
         no_state=build.placeholder((1, hv, dim, dim), torch.float32, device),
+        sm_count=sm_count,
     )
 
 
@@ -372,7 +375,7 @@ def gdn_prefill(
         plan.warmup(k, v, tpmat, vecs, h0, starts, seqlen, batch * parts, parts, part_chunks, *scan_strides[2:])
         h0 = starts
     if fused:
-        grid = max(2 * hv * num_seqs, min(num_chunks * hk, build.device_facts(device)[1]))
+        grid = max(2 * hv * num_seqs, min(num_chunks * hk, plan.sm_count))
         plan.scan(
             q, k, v, g, beta, a_log, dtb, cu, tpmat, vecs, h0, o, ht, seqlen, num_seqs, grid, *scan_strides,
             *prep_strides[4:],
